@@ -1,0 +1,57 @@
+# lua-enrich: `make demo` and `make test` do all the set-up on Debian.
+# Builds enrich.core once per interpreter into build/<lua>/enrich/core.so.
+
+LUA_TARGETS ?= 5.4 luajit
+CC          ?= cc
+PKG_5.4     := lua5.4
+PKG_luajit  := luajit
+CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+WARN        := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
+CFLAGS      ?= -O2 -g
+ALL_CFLAGS  := $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC \
+               -fvisibility=hidden $(WARN) $(CURL_CFLAGS)
+SOURCES     := $(wildcard csrc/*.c)
+HEADERS     := $(wildcard csrc/*.h)
+PREFIX      ?= /usr/local
+
+.PHONY: all build deps test demo bench lint install clean check-c valgrind
+
+all: build
+
+deps:
+	@sh scripts/install-deps
+
+build: $(foreach t,$(LUA_TARGETS),build/$(t)/enrich/core.so)
+
+build/%/enrich/core.so: $(SOURCES) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(PKG_$*)) -shared \
+	  -o $@ $(SOURCES) $(CURL_LIBS)
+
+lint: build
+	luacheck --quiet --no-color $(wildcard lua spec examples bin bench)
+
+test: deps
+	@$(MAKE) --no-print-directory build
+	@sh scripts/run-tests
+
+valgrind: build
+	@sh scripts/run-tests valgrind
+
+demo: deps
+	@$(MAKE) --no-print-directory build
+	@sh scripts/demo
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@sh bench/run
+
+# Plain copy for users without LuaRocks (with it: `luarocks make`).
+install: build/5.4/enrich/core.so
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/enrich $(DESTDIR)$(PREFIX)/share/lua/5.4/enrich
+	install -m 0755 build/5.4/enrich/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/enrich/core.so
+	cd lua && find enrich -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
+
+clean:
+	rm -rf build

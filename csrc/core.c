@@ -1,0 +1,405 @@
+/* enrich.core: one libcurl multi handle per engine; submit returns at once,
+ * poll drives transfers and hands back plain completion records. No Lua
+ * runs inside libcurl callbacks; the only Lua called from here is the JSON
+ * decoder, from poll, outside libcurl. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "enrich_core.h"
+
+/* ---- the engine handle -------------------------------------------------- */
+
+static ec_engine *check_engine(lua_State *L, int i) {
+  ec_engine *e = luaL_checkudata(L, i, EC_ENGINE_MT);
+  if (e->multi == NULL) luaL_error(L, "enrich.core: engine is closed");
+  return e;
+}
+
+/* Pushes the engine's private table: { [id] = xfer, decode = fn }. */
+static void push_engine_table(lua_State *L, ec_engine *e) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);
+}
+
+static int eng_close(lua_State *L) {
+  ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
+  if (e->multi == NULL) return 0;          /* closed already: idempotent */
+  ec_list *lists[2] = { &e->active, &e->done };
+  for (int i = 0; i < 2; i++)
+    while (lists[i]->head) {
+      ec_xfer *x = lists[i]->head;
+      ec_list_remove(lists[i], x);
+      ec_xfer_free(e, x);
+    }
+  while (e->pool_n > 0) curl_easy_cleanup(e->pool[--e->pool_n]);
+  curl_multi_cleanup(e->multi);
+  e->multi = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
+  e->ref = LUA_NOREF;
+  free(e->set.user_agent);
+  free(e->set.ca_file);
+  e->set.user_agent = e->set.ca_file = NULL;
+  return 0;
+}
+
+static int eng_tostring(lua_State *L) {
+  ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
+  if (e->multi) lua_pushfstring(L, "enrich.core.engine (%p, %d pending)", (void *)e,
+                                (int)(e->active.n + e->done.n));
+  else lua_pushfstring(L, "enrich.core.engine (%p, closed)", (void *)e);
+  return 1;
+}
+
+/* ---- submit / cancel ---------------------------------------------------- */
+
+static int eng_submit(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  ec_xfer *x = ec_xfer_new(L, e, 2);
+  if (x == NULL) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "enrich.core: could not start the transfer (out of memory)");
+    return 2;
+  }
+  push_engine_table(L, e);
+  lua_pushinteger(L, x->id);
+  lua_pushlightuserdata(L, x);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_pushinteger(L, x->id);
+  return 1;
+}
+
+static ec_xfer *lookup(lua_State *L, ec_engine *e, lua_Integer id) {
+  push_engine_table(L, e);
+  lua_pushinteger(L, id);
+  lua_rawget(L, -2);
+  ec_xfer *x = lua_touserdata(L, -1);
+  lua_pop(L, 2);
+  return x;
+}
+
+/* Cancels a transfer still in flight: it is delivered by the next poll with
+ * error code "cancelled", so every submitted id completes exactly once.
+ * Returns false for an unknown id or one that has already finished. */
+static int eng_cancel(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  ec_xfer *x = lookup(L, e, id);
+  int found = x != NULL && !x->finished;
+  if (found) {
+    curl_multi_remove_handle(e->multi, x->easy);
+    x->cancelled = x->finished = 1;
+    ec_list_remove(&e->active, x);
+    ec_list_push(&e->done, x);
+  }
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+/* ---- poll --------------------------------------------------------------- */
+
+static double now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Moves every transfer libcurl reports finished to the done list. */
+static void drain(ec_engine *e) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(e->multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    ec_xfer *x = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    if (x == NULL) continue;
+    x->result = m->data.result;
+    x->finished = 1;
+    curl_multi_remove_handle(e->multi, x->easy);
+    ec_list_remove(&e->active, x);
+    ec_list_push(&e->done, x);
+  }
+}
+
+static void wait_for(ec_engine *e, int ms) {
+#if EC_CURL_AT_LEAST(0x074200)
+  curl_multi_poll(e->multi, NULL, 0, ms, NULL);
+#else
+  int fds = 0;
+  curl_multi_wait(e->multi, NULL, 0, ms, &fds);
+  if (fds == 0) {  /* old curl_multi_wait returns at once with nothing to watch */
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+  }
+#endif
+}
+
+static int eng_poll(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  lua_Number timeout = luaL_optnumber(L, 2, 0);
+  luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0 seconds");
+  double deadline = now_seconds() + timeout;
+  for (;;) {
+    int running;
+    curl_multi_perform(e->multi, &running);
+    drain(e);
+    if (e->done.n > 0) break;
+    double left = deadline - now_seconds();
+    if (left <= 0) break;
+    wait_for(e, left > INT_MAX / 1000 ? INT_MAX : (int)(left * 1000.0 + 0.999));
+  }
+
+  push_engine_table(L, e);
+  int tidx = lua_gettop(L);
+  lua_getfield(L, tidx, "decode");
+  int didx = lua_gettop(L);
+  lua_createtable(L, (int)e->done.n, 0);
+  int n = 0;
+  while (e->done.head) {
+    ec_xfer *x = e->done.head;
+    ec_push_completion(L, e, x, didx);
+    lua_rawseti(L, -2, ++n);
+    lua_pushinteger(L, x->id);
+    lua_pushnil(L);
+    lua_rawset(L, tidx);
+    ec_list_remove(&e->done, x);
+    ec_xfer_free(e, x);
+  }
+  return 1;
+}
+
+static int eng_pending(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  lua_pushinteger(L, (lua_Integer)(e->active.n + e->done.n));
+  return 1;
+}
+
+/* Seconds until libcurl wants poll called again, for foreign event loops:
+ * 0 when completions wait for delivery, nil when nothing is scheduled. */
+static int eng_timeout(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  long ms = -1;
+  if (e->done.n > 0) ms = 0;
+  else curl_multi_timeout(e->multi, &ms);
+  if (ms < 0) lua_pushnil(L);
+  else lua_pushnumber(L, (lua_Number)ms / 1000.0);
+  return 1;
+}
+
+/* ---- core.new ----------------------------------------------------------- */
+
+static const char *const ENGINE_OPTIONS[] = {
+  "max_connections", "max_host_connections", "user_agent", "timeout",
+  "connect_timeout", "max_body", "verify_tls", "ca_file", "follow_redirects",
+  "max_redirects", "json_decode", "json_max_depth", NULL
+};
+
+static void check_options(lua_State *L, int idx) {
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -1);
+      for (int i = 0; ENGINE_OPTIONS[i]; i++) if (strcmp(k, ENGINE_OPTIONS[i]) == 0) ok = 1;
+      if (!ok) luaL_error(L, "core.new: unknown option '%s'", k);
+    } else {
+      luaL_error(L, "core.new: option names must be strings");
+    }
+  }
+}
+
+static long int_option(lua_State *L, int idx, const char *name, long dflt, long lo, long hi) {
+  lua_getfield(L, idx, name);
+  long v = dflt;
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "core.new: '%s' must be a number", name);
+    lua_Number n = lua_tonumber(L, -1);
+    if (!(n >= lo && n <= hi)) luaL_error(L, "core.new: '%s' must be between %d and %d", name, (int)lo, (int)hi);
+    v = (long)n;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static const char *string_option(lua_State *L, int idx, const char *name) {
+  lua_getfield(L, idx, name);
+  const char *s = NULL;
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "core.new: '%s' must be a string", name);
+    s = lua_tostring(L, -1);
+  }
+  lua_pop(L, 1);   /* still referenced by the options table */
+  return s;
+}
+
+static int bool_option(lua_State *L, int idx, const char *name, int dflt) {
+  lua_getfield(L, idx, name);
+  int v = dflt;
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TBOOLEAN) luaL_error(L, "core.new: '%s' must be a boolean", name);
+    v = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Pushes the JSON decoder for a new engine: the user's, or the decode of a
+ * private cjson instance (cjson.new), so depth settings stay per engine. */
+static void push_decoder(lua_State *L, int opts, int depth) {
+  lua_getfield(L, opts, "json_decode");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isfunction(L, -1)) luaL_error(L, "core.new: 'json_decode' must be a function");
+    return;
+  }
+  lua_pop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  if (lua_pcall(L, 1, 1, 0) != 0)
+    luaL_error(L, "enrich.core needs lua-cjson: %s", lua_tostring(L, -1));
+  lua_getfield(L, -1, "new");
+  lua_call(L, 0, 1);                       /* a private instance */
+  lua_remove(L, -2);
+  lua_getfield(L, -1, "decode_max_depth");
+  lua_pushinteger(L, depth);
+  lua_call(L, 1, 0);
+  /* OpenResty's cjson can tag decoded arrays, so [] stays distinguishable. */
+  lua_getfield(L, -1, "decode_array_with_array_mt");
+  if (lua_isfunction(L, -1)) { lua_pushboolean(L, 1); lua_call(L, 1, 0); }
+  else lua_pop(L, 1);
+  lua_getfield(L, -1, "decode");
+  lua_remove(L, -2);
+}
+
+static char *dup_or_null(const char *s) {
+  if (s == NULL) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+static int core_new(lua_State *L) {
+  int has_opts = !lua_isnoneornil(L, 1);
+  if (has_opts) luaL_checktype(L, 1, LUA_TTABLE);
+  else { lua_settop(L, 0); lua_newtable(L); }
+  lua_settop(L, 1);
+  check_options(L, 1);
+
+  ec_settings s;
+  memset(&s, 0, sizeof s);
+  long max_conn = int_option(L, 1, "max_connections", 64, 1, 100000);
+  long max_host = int_option(L, 1, "max_host_connections", 32, 0, 100000);
+  s.timeout_ms = ec_seconds_field(L, 1, "timeout", 30000);
+  s.connect_timeout_ms = ec_seconds_field(L, 1, "connect_timeout", 10000);
+  s.max_body = ec_size_field(L, 1, "max_body", EC_DEFAULT_MAX_BODY);
+  s.verify_tls = bool_option(L, 1, "verify_tls", 1);
+  s.follow_redirects = bool_option(L, 1, "follow_redirects", 0);
+  s.max_redirects = int_option(L, 1, "max_redirects", 5, 0, 50);
+  int depth = (int)int_option(L, 1, "json_max_depth", EC_DEFAULT_JSON_DEPTH, 1, 10000);
+  const char *ua = string_option(L, 1, "user_agent");
+  const char *ca = string_option(L, 1, "ca_file");
+
+  /* The engine's private table, then the decoder, before any resource. */
+  lua_newtable(L);
+  push_decoder(L, 1, depth);
+  lua_setfield(L, -2, "decode");
+
+  /* The userdata starts empty and safe to collect, then gets resources. */
+  ec_engine *e = lua_newuserdata(L, sizeof *e);
+  memset(e, 0, sizeof *e);
+  e->ref = LUA_NOREF;
+  luaL_getmetatable(L, EC_ENGINE_MT);
+  lua_setmetatable(L, -2);
+
+  e->set = s;
+  e->set.user_agent = dup_or_null(ua ? ua : "lua-enrich/" EC_VERSION);
+  e->set.ca_file = dup_or_null(ca);
+  e->multi = curl_multi_init();
+  if (e->multi == NULL || e->set.user_agent == NULL || (ca && e->set.ca_file == NULL)) {
+    free(e->set.user_agent); free(e->set.ca_file);
+    e->set.user_agent = e->set.ca_file = NULL;
+    if (e->multi) { curl_multi_cleanup(e->multi); e->multi = NULL; }
+    lua_pushnil(L);
+    lua_pushliteral(L, "enrich.core: could not create a libcurl multi handle");
+    return 2;
+  }
+  curl_multi_setopt(e->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, max_conn);
+  curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+  curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, max_conn);
+  curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  lua_pushvalue(L, -2);
+  e->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+/* ---- module ------------------------------------------------------------- */
+
+static int core_versions(lua_State *L) {
+  const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+  lua_createtable(L, 0, 4);
+  lua_pushliteral(L, EC_VERSION);
+  lua_setfield(L, -2, "core");
+  lua_pushstring(L, v->version);
+  lua_setfield(L, -2, "curl");
+  lua_pushstring(L, v->ssl_version ? v->ssl_version : "none");
+  lua_setfield(L, -2, "ssl");
+  lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
+  lua_setfield(L, -2, "http2");
+  return 1;
+}
+
+static const luaL_Reg ENGINE_META[] = {
+  { "__gc", eng_close },
+  { "__close", eng_close },
+  { "__tostring", eng_tostring },
+  { NULL, NULL }
+};
+
+static const luaL_Reg ENGINE_METHODS[] = {
+  { "submit", eng_submit },
+  { "poll", eng_poll },
+  { "cancel", eng_cancel },
+  { "pending", eng_pending },
+  { "timeout", eng_timeout },
+  { "close", eng_close },
+  { NULL, NULL }
+};
+
+static const luaL_Reg CORE_FUNCS[] = {
+  { "new", core_new },
+  { "versions", core_versions },
+  { NULL, NULL }
+};
+
+#if defined(__GNUC__)
+__attribute__((visibility("default")))
+#endif
+int luaopen_enrich_core(lua_State *L) {
+  /* Reference-counted by libcurl: safe per Lua state (one per nginx worker). */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    return luaL_error(L, "enrich.core: curl_global_init failed");
+  if (luaL_newmetatable(L, EC_ENGINE_MT)) {
+    ec_setfuncs(L, ENGINE_META);
+    lua_newtable(L);
+    ec_setfuncs(L, ENGINE_METHODS);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+
+  lua_newtable(L);
+  ec_setfuncs(L, CORE_FUNCS);
+  lua_pushliteral(L, EC_NAME);
+  lua_setfield(L, -2, "_NAME");
+  lua_pushliteral(L, EC_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  /* JSON null as decoded (cjson.null), so callers can compare against it. */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  if (lua_pcall(L, 1, 1, 0) == 0) {
+    lua_getfield(L, -1, "null");
+    lua_setfield(L, -3, "null");
+  }
+  lua_pop(L, 1);
+  return 1;
+}

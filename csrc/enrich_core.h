@@ -1,0 +1,97 @@
+/* Private declarations shared by the files of enrich.core. Nothing here is
+ * exported from the shared object except luaopen_enrich_core. */
+#ifndef ENRICH_CORE_H
+#define ENRICH_CORE_H
+
+#include <stddef.h>
+#include <curl/curl.h>
+#include "lua.h"
+#include "lauxlib.h"
+#include "compat.h"
+
+#define EC_NAME      "enrich.core"
+#define EC_VERSION   "0.1.0"
+#define EC_ENGINE_MT "enrich.core.engine"
+
+/* libcurl features we use past our floor (7.61) are gated on one macro. */
+#define EC_CURL_AT_LEAST(v) (LIBCURL_VERSION_NUM >= (v))
+
+#define EC_DEFAULT_MAX_BODY     (16u * 1024u * 1024u)
+#define EC_MAX_HEADER_BYTES     (256u * 1024u)
+#define EC_DEFAULT_JSON_DEPTH   128
+#define EC_EASY_POOL_MAX        64
+
+/* A growable byte buffer that outlives one Lua call (luaL_Buffer cannot). */
+typedef struct ec_buf {
+  char *data;
+  size_t len, cap;
+} ec_buf;
+
+int  ec_buf_append(ec_buf *b, const char *p, size_t n);  /* 0, or -1: no memory */
+void ec_buf_free(ec_buf *b);
+
+typedef struct ec_engine ec_engine;
+typedef struct ec_xfer ec_xfer;
+
+typedef enum { EC_DECODE_AUTO, EC_DECODE_ALWAYS, EC_DECODE_NEVER } ec_decode;
+
+/* One transfer, owned by C from submit until poll has delivered it. */
+struct ec_xfer {
+  CURL *easy;
+  ec_engine *eng;
+  lua_Integer id;
+  struct curl_slist *headers;
+  ec_buf body, head;
+  size_t max_body;
+  int too_large;           /* body or headers passed the cap */
+  int cancelled;
+  int finished;            /* in the done list, waiting for delivery */
+  int is_head;             /* HEAD: no body, nothing to decode */
+  ec_decode decode;
+  CURLcode result;
+  ec_xfer *prev, *next;    /* in the engine's active or done list */
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+typedef struct ec_list {
+  ec_xfer *head, *tail;
+  size_t n;
+} ec_list;
+
+/* Per-engine settings: never global, so engines side by side stay apart. */
+typedef struct ec_settings {
+  long timeout_ms, connect_timeout_ms;
+  size_t max_body;
+  char *user_agent;
+  char *ca_file;
+  int verify_tls;
+  int follow_redirects;
+  long max_redirects;
+} ec_settings;
+
+struct ec_engine {
+  CURLM *multi;             /* NULL once closed */
+  int ref;                  /* registry ref: { [id] = xfer, decode = fn } */
+  lua_Integer next_id;
+  ec_list active, done;
+  CURL *pool[EC_EASY_POOL_MAX];  /* idle easy handles, reset before reuse */
+  int pool_n;
+  ec_settings set;
+};
+
+/* list.c-free helpers live in xfer.c */
+void ec_list_push(ec_list *l, ec_xfer *x);
+void ec_list_remove(ec_list *l, ec_xfer *x);
+
+/* xfer.c: option helpers shared with core.c (they raise on misuse) */
+long ec_seconds_field(lua_State *L, int idx, const char *name, long dflt);
+size_t ec_size_field(lua_State *L, int idx, const char *name, size_t dflt);
+
+/* xfer.c: building and freeing transfers */
+ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx);
+void ec_xfer_free(ec_engine *e, ec_xfer *x);
+
+/* result.c: turning a finished transfer into a Lua completion record */
+void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);
+
+#endif

@@ -1,0 +1,391 @@
+-- enrich.core: the C transfer engine, against a loopback server of its own.
+local helper = require "helper"
+local core = require "enrich.core"
+
+-- Polls until `want` completions arrived or `seconds` passed; returns them
+-- keyed by id. Every wait here is bounded.
+local function collect(engine, want, seconds)
+  local got, n = {}, 0
+  local deadline = os.time() + (seconds or 10)
+  while n < want and os.time() <= deadline do
+    for _, c in ipairs(engine:poll(0.2)) do
+      assert.is_nil(got[c.id], "id delivered twice")
+      got[c.id] = c
+      n = n + 1
+    end
+  end
+  return got, n
+end
+
+local function fetch(engine, req, seconds)
+  local id = engine:submit(req)
+  local got = collect(engine, 1, seconds)
+  return assert(got[id], "no completion for " .. req.url)
+end
+
+describe("enrich.core", function()
+  local server, base, engine
+
+  setup(function()
+    server = helper.spawn("spec/support/core_server.lua")
+    base = server.url
+  end)
+
+  teardown(function()
+    if server then server:stop() end
+  end)
+
+  before_each(function() engine = core.new { timeout = 10 } end)
+  after_each(function() engine:close() end)
+
+  describe("the module", function()
+    it("names itself and reports the libcurl it runs on", function()
+      assert.equal("enrich.core", core._NAME)
+      assert.matches("^%d+%.%d+%.%d+$", core._VERSION)
+      local v = core.versions()
+      assert.matches("^%d+%.%d+", v.curl)
+      assert.is_boolean(v.http2)
+    end)
+
+    it("exports the JSON null sentinel", function()
+      assert.equal(require("cjson").null, core.null)
+    end)
+  end)
+
+  describe("core.new", function()
+    it("raises on an unknown option or a wrongly typed one", function()
+      assert.has_error(function() core.new { bogus = 1 } end, "core.new: unknown option 'bogus'")
+      assert.has_error(function() core.new { timeout = "soon" } end)
+      assert.has_error(function() core.new { timeout = -1 } end)
+      assert.has_error(function() core.new { verify_tls = "no" } end)
+      assert.has_error(function() core.new { max_connections = 0 } end)
+      assert.has_error(function() core.new("fast") end)
+    end)
+
+    it("keeps settings per engine: two engines side by side do not share them", function()
+      local a = core.new { user_agent = "agent-a" }
+      local b = core.new { user_agent = "agent-b" }
+      local ida = a:submit { url = base .. "/echo" }
+      local idb = b:submit { url = base .. "/echo" }
+      local ca = collect(a, 1)[ida]
+      local cb = collect(b, 1)[idb]
+      assert.equal("agent-a", ca.json.headers["user-agent"])
+      assert.equal("agent-b", cb.json.headers["user-agent"])
+      a:close(); b:close()
+    end)
+
+    it("sends a lua-enrich user agent by default", function()
+      local c = fetch(engine, { url = base .. "/echo" })
+      assert.matches("^lua%-enrich/", c.json.headers["user-agent"])
+    end)
+  end)
+
+  describe("submit", function()
+    it("raises on misuse before anything is sent", function()
+      local cases = {
+        { {}, "'url' %(a string%) is required" },
+        { { url = 42 }, "'url' %(a string%) is required" },
+        { { url = "ftp://127.0.0.1/" }, "must start with http" },
+        { { url = base, method = "BREW" }, "unknown method 'BREW'" },
+        { { url = base, method = "GET", body = "x" }, "has no body" },
+        { { url = base, body = {} }, "'body' must be a string" },
+        { { url = base, headers = "x" }, "'headers' must be a table" },
+        { { url = base, headers = { ["X-A"] = "a\r\nX-Injected: 1" } }, "line break" },
+        { { url = base, headers = { ["Bad Name"] = "v" } }, "invalid header name" },
+        { { url = base, headers = { ["X-A"] = {} } }, "must be a string" },
+        { { url = base, timeout = 0 }, "positive number of seconds" },
+        { { url = base, max_body = "big" }, "number of bytes" },
+        { { url = base, decode = "yes" }, "'decode' must be" },
+        { { url = base, retries = 3 }, "unknown option 'retries'" },
+      }
+      for _, case in ipairs(cases) do
+        local ok, err = pcall(engine.submit, engine, case[1])
+        assert.is_false(ok)
+        assert.matches(case[2], err)
+      end
+      assert.has_error(function() engine:submit("http://x") end)
+      assert.equal(0, engine:pending())
+    end)
+
+    it("returns an increasing id at once and counts the transfer as pending", function()
+      local a = engine:submit { url = base .. "/delay?s=0.3" }
+      local b = engine:submit { url = base .. "/json" }
+      assert.is_number(a)
+      assert.is_true(b > a)
+      assert.equal(2, engine:pending())
+      collect(engine, 2)
+      assert.equal(0, engine:pending())
+    end)
+
+    it("sends the method, headers and body it was given", function()
+      local c = fetch(engine, { method = "PATCH", url = base .. "/echo?x=1",
+        headers = { ["X-Token"] = "t1", ["Content-Type"] = "application/json", ["X-Num"] = 7 },
+        body = '{"a":1}' })
+      assert.equal(200, c.status)
+      assert.equal("PATCH", c.json.method)
+      assert.equal("x=1", c.json.query)
+      assert.equal("t1", c.json.headers["x-token"])
+      assert.equal("7", c.json.headers["x-num"])
+      assert.equal('{"a":1}', c.json.body)
+    end)
+
+    it("sends an empty POST with a zero length", function()
+      local c = fetch(engine, { method = "POST", url = base .. "/echo" })
+      assert.equal("POST", c.json.method)
+      assert.equal("0", c.json.headers["content-length"])
+    end)
+  end)
+
+  describe("poll", function()
+    it("returns at once with timeout 0 while a transfer is still running", function()
+      engine:submit { url = base .. "/delay?s=2" }
+      local t0 = os.clock()
+      local started = os.time()
+      local first = engine:poll(0)
+      assert.same({}, first)
+      assert.is_true(os.time() - started <= 1)
+      assert.is_true(os.clock() - t0 < 0.5)
+      assert.equal(1, engine:pending())
+    end)
+
+    it("raises on a negative timeout", function()
+      assert.has_error(function() engine:poll(-1) end)
+    end)
+
+    it("drives more than a hundred transfers in flight at once, each delivered once", function()
+      local wide = core.new { max_host_connections = 0, max_connections = 200 }
+      local ids = {}
+      for i = 1, 150 do ids[wide:submit { url = base .. "/delay?s=0.2&i=" .. i }] = true end
+      assert.equal(150, wide:pending())
+      local got, n = collect(wide, 150, 30)
+      assert.equal(150, n)
+      for id in pairs(ids) do
+        assert.equal(200, got[id].status)
+        assert.is_true(got[id].json.delayed)
+      end
+      wide:close()
+    end)
+
+    it("reuses connections, and opens a fresh one when asked", function()
+      fetch(engine, { url = base .. "/json" })
+      local again = fetch(engine, { url = base .. "/json" })
+      assert.equal(0, again.connects)
+      local fresh = fetch(engine, { url = base .. "/json", fresh_connect = true })
+      assert.equal(1, fresh.connects)
+    end)
+
+    it("reports timings in seconds", function()
+      local c = fetch(engine, { url = base .. "/json" })
+      assert.is_true(c.time.total > 0)
+      assert.is_true(c.time.first_byte <= c.time.total)
+      assert.equal("1.1", c.http_version)
+    end)
+  end)
+
+  describe("responses", function()
+    it("decodes a JSON body: values, null, empty arrays, nesting, unicode", function()
+      local c = fetch(engine, { url = base .. "/json" })
+      assert.equal(200, c.status)
+      assert.is_nil(c.json_error)
+      local j = c.json
+      assert.is_true(j.ok)
+      assert.equal(42, j.n)
+      assert.same({ 1, 2, 3 }, { j.list[1], j.list[2], j.list[3] })
+      assert.equal("table", type(j.empty))
+      assert.is_nil(next(j.empty))
+      assert.equal(core.null, j.nothing)
+      assert.equal("c", j.nested.a.b)
+      assert.equal("caf\195\169", j.text)
+      assert.matches('"ok":true', c.body)
+    end)
+
+    it("decodes problem+json and bodies without a content type that look like JSON", function()
+      local p = fetch(engine, { url = base .. "/problem" })
+      assert.equal(422, p.status)
+      assert.equal("Unprocessable Entity", p.json.title)
+      local u = fetch(engine, { url = base .. "/untyped" })
+      assert.equal(1, u.json.x)
+    end)
+
+    it("leaves other bodies undecoded, and decodes only when asked", function()
+      local t = fetch(engine, { url = base .. "/text" })
+      assert.equal("hello", t.body)
+      assert.is_nil(t.json)
+      assert.is_nil(t.json_error)
+      local off = fetch(engine, { url = base .. "/json", decode = false })
+      assert.is_nil(off.json)
+      local forced = fetch(engine, { url = base .. "/text", decode = true })
+      assert.is_string(forced.json_error)
+    end)
+
+    it("reports malformed JSON on the completion, keeping the body, never raising", function()
+      local c = fetch(engine, { url = base .. "/malformed" })
+      assert.equal(200, c.status)
+      assert.is_nil(c.json)
+      assert.matches("Expected", c.json_error)
+      assert.equal('{"a": [1, 2,', c.body)
+      assert.is_nil(c.error)
+    end)
+
+    it("refuses JSON nested deeper than json_max_depth", function()
+      local deep = fetch(engine, { url = base .. "/deep?n=200" })
+      assert.matches("nested", deep.json_error)
+      local fine = fetch(engine, { url = base .. "/deep?n=100" })
+      assert.is_nil(fine.json_error)
+      local shallow = core.new { json_max_depth = 10 }
+      local c = fetch(shallow, { url = base .. "/deep?n=20" })
+      assert.matches("nested", c.json_error)
+      shallow:close()
+    end)
+
+    it("uses a caller's JSON decoder when given one", function()
+      local custom = core.new { json_decode = function(s) return { length = #s } end }
+      local c = fetch(custom, { url = base .. "/json" })
+      assert.equal(#c.body, c.json.length)
+      custom:close()
+    end)
+
+    it("lower-cases header names and keeps repeated headers as arrays", function()
+      local c = fetch(engine, { url = base .. "/repeated" })
+      assert.equal("yes", c.headers["x-mixed-case"])
+      assert.same({ "a=1", "b=2" }, c.headers["set-cookie"])
+      assert.equal("2", c.headers["content-length"])
+    end)
+
+    it("passes status codes and headers through untouched", function()
+      local c = fetch(engine, { url = base .. "/status?code=429&retry_after=7" })
+      assert.equal(429, c.status)
+      assert.equal("7", c.headers["retry-after"])
+      assert.equal(429, c.json.status)
+    end)
+
+    it("does not follow redirects unless the engine is told to", function()
+      local c = fetch(engine, { url = base .. "/redirect" })
+      assert.equal(302, c.status)
+      local follower = core.new { follow_redirects = true }
+      local f = fetch(follower, { url = base .. "/redirect" })
+      assert.equal(200, f.status)
+      assert.is_true(f.json.ok)
+      follower:close()
+    end)
+  end)
+
+  describe("transport errors", function()
+    it("times out with code 'timeout'", function()
+      local c = fetch(engine, { url = base .. "/delay?s=3", timeout = 0.3 })
+      assert.equal("timeout", c.error.code)
+      assert.equal(28, c.error.curl_code)
+      assert.is_nil(c.body)
+    end)
+
+    it("reports a refused connection as 'connect'", function()
+      local port = helper.free_port()
+      local c = fetch(engine, { url = "http://127.0.0.1:" .. port .. "/" })
+      assert.equal("connect", c.error.code)
+      assert.equal(0, c.status)
+    end)
+
+    it("stops a body over max_body with 'too_large'", function()
+      local c = fetch(engine, { url = base .. "/big?bytes=100000", max_body = 1000 })
+      assert.equal("too_large", c.error.code)
+      assert.is_nil(c.body)
+      local ok = fetch(engine, { url = base .. "/big?bytes=100000", max_body = 100000 })
+      assert.equal(100000, #ok.body)
+    end)
+
+    it("caps bodies at 16 MiB by default", function()
+      local c = fetch(engine, { url = base .. "/big?bytes=" .. (16 * 1024 * 1024 + 1) }, 20)
+      assert.equal("too_large", c.error.code)
+    end)
+
+    it("reports a reset connection and a truncated body as 'network'", function()
+      local r = fetch(engine, { url = base .. "/reset" })
+      assert.equal("network", r.error.code)
+      local t = fetch(engine, { url = base .. "/truncated" })
+      assert.equal("network", t.error.code)
+      assert.is_nil(t.json)
+    end)
+
+    it("waits out a slow drip and decodes what arrived", function()
+      local c = fetch(engine, { url = base .. "/drip" })
+      assert.is_nil(c.error)
+      assert.equal(64, #c.json.drip)
+    end)
+  end)
+
+  describe("cancel", function()
+    it("cancels a transfer mid-flight; the next poll delivers it as 'cancelled'", function()
+      local slow = engine:submit { url = base .. "/delay?s=3" }
+      local quick = engine:submit { url = base .. "/json" }
+      engine:poll(0.05)
+      assert.is_true(engine:cancel(slow))
+      assert.is_false(engine:cancel(slow))
+      local got = collect(engine, 2, 5)
+      assert.equal("cancelled", got[slow].error.code)
+      assert.equal(200, got[quick].status)
+      assert.equal(0, engine:pending())
+    end)
+
+    it("answers false for an unknown id or one already delivered", function()
+      assert.is_false(engine:cancel(987654))
+      local id = engine:submit { url = base .. "/json" }
+      collect(engine, 1)
+      assert.is_false(engine:cancel(id))
+      assert.has_error(function() engine:cancel("one") end)
+    end)
+  end)
+
+  describe("timeout()", function()
+    it("is nil when idle, a number of seconds while transfers run, 0 with completions waiting", function()
+      assert.is_nil(engine:timeout())
+      local id = engine:submit { url = base .. "/delay?s=1" }
+      local t = engine:timeout()
+      assert.is_number(t)
+      assert.is_true(t >= 0)
+      engine:cancel(id)
+      assert.equal(0, engine:timeout())
+    end)
+  end)
+
+  describe("lifetime", function()
+    it("closes idempotently; a closed engine refuses work with a clear error", function()
+      local e = core.new()
+      e:submit { url = base .. "/delay?s=2" }
+      e:close()
+      e:close()
+      assert.has_error(function() e:submit { url = base } end, "enrich.core: engine is closed")
+      assert.has_error(function() e:poll(0) end, "enrich.core: engine is closed")
+      assert.matches("closed", tostring(e))
+    end)
+
+    it("frees an engine dropped with transfers in flight", function()
+      local weak = setmetatable({}, { __mode = "v" })
+      do
+        local e = core.new()
+        for i = 1, 20 do e:submit { url = base .. "/delay?s=2&i=" .. i } end
+        e:poll(0.05)
+        weak[1] = e
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(weak[1])
+    end)
+
+    if _VERSION == "Lua 5.4" then
+      it("closes at the end of a <close> scope", function()
+        local run = assert(load([[
+          local core, url = ...
+          local kept
+          do
+            local e <close> = core.new()
+            e:submit { url = url }
+            kept = e
+          end
+          return kept
+        ]]))
+        local e = run(core, base .. "/delay?s=2")
+        assert.has_error(function() e:pending() end, "enrich.core: engine is closed")
+      end)
+    end
+  end)
+end)
