@@ -2,10 +2,8 @@
  * poll drives transfers and hands back plain completion records. No Lua
  * runs inside libcurl callbacks; the only Lua called from here is the JSON
  * decoder, from poll, outside libcurl. */
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include "enrich_core.h"
 
 /* ---- the engine handle -------------------------------------------------- */
@@ -34,6 +32,7 @@ static int eng_close(lua_State *L) {
   while (e->pool_n > 0) curl_easy_cleanup(e->pool[--e->pool_n]);
   curl_multi_cleanup(e->multi);
   e->multi = NULL;
+  ec_loop_close(e);
   luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
   e->ref = LUA_NOREF;
   free(e->set.user_agent);
@@ -98,56 +97,11 @@ static int eng_cancel(lua_State *L) {
 
 /* ---- poll --------------------------------------------------------------- */
 
-static double now_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Moves every transfer libcurl reports finished to the done list. */
-static void drain(ec_engine *e) {
-  CURLMsg *m;
-  int left;
-  while ((m = curl_multi_info_read(e->multi, &left))) {
-    if (m->msg != CURLMSG_DONE) continue;
-    ec_xfer *x = NULL;
-    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    if (x == NULL) continue;
-    x->result = m->data.result;
-    x->finished = 1;
-    curl_multi_remove_handle(e->multi, x->easy);
-    ec_list_remove(&e->active, x);
-    ec_list_push(&e->done, x);
-  }
-}
-
-static void wait_for(ec_engine *e, int ms) {
-#if EC_CURL_AT_LEAST(0x074200)
-  curl_multi_poll(e->multi, NULL, 0, ms, NULL);
-#else
-  int fds = 0;
-  curl_multi_wait(e->multi, NULL, 0, ms, &fds);
-  if (fds == 0) {  /* old curl_multi_wait returns at once with nothing to watch */
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-  }
-#endif
-}
-
 static int eng_poll(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
   luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0 seconds");
-  double deadline = now_seconds() + timeout;
-  for (;;) {
-    int running;
-    curl_multi_perform(e->multi, &running);
-    drain(e);
-    if (e->done.n > 0) break;
-    double left = deadline - now_seconds();
-    if (left <= 0) break;
-    wait_for(e, left > INT_MAX / 1000 ? INT_MAX : (int)(left * 1000.0 + 0.999));
-  }
+  ec_loop_run(e, ec_now() + timeout);
 
   push_engine_table(L, e);
   int tidx = lua_gettop(L);
@@ -178,11 +132,19 @@ static int eng_pending(lua_State *L) {
  * 0 when completions wait for delivery, nil when nothing is scheduled. */
 static int eng_timeout(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
-  long ms = -1;
-  if (e->done.n > 0) ms = 0;
-  else curl_multi_timeout(e->multi, &ms);
-  if (ms < 0) lua_pushnil(L);
-  else lua_pushnumber(L, (lua_Number)ms / 1000.0);
+  double t = ec_loop_timeout(e);
+  if (t < 0) lua_pushnil(L);
+  else lua_pushnumber(L, t);
+  return 1;
+}
+
+/* A descriptor that turns readable when libcurl has socket work, for
+ * foreign event loops (with timeout() for the timers); nil if none. */
+static int eng_fd(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  int fd = ec_loop_fd(e);
+  if (fd < 0) lua_pushnil(L);
+  else lua_pushinteger(L, fd);
   return 1;
 }
 
@@ -309,6 +271,7 @@ static int core_new(lua_State *L) {
   ec_engine *e = lua_newuserdata(L, sizeof *e);
   memset(e, 0, sizeof *e);
   e->ref = LUA_NOREF;
+  e->epfd = -1;
   luaL_getmetatable(L, EC_ENGINE_MT);
   lua_setmetatable(L, -2);
 
@@ -316,10 +279,11 @@ static int core_new(lua_State *L) {
   e->set.user_agent = dup_or_null(ua ? ua : "lua-enrich/" EC_VERSION);
   e->set.ca_file = dup_or_null(ca);
   e->multi = curl_multi_init();
+  if (e->multi && ec_loop_open(e) != 0) { curl_multi_cleanup(e->multi); e->multi = NULL; }
   if (e->multi == NULL || e->set.user_agent == NULL || (ca && e->set.ca_file == NULL)) {
     free(e->set.user_agent); free(e->set.ca_file);
     e->set.user_agent = e->set.ca_file = NULL;
-    if (e->multi) { curl_multi_cleanup(e->multi); e->multi = NULL; }
+    if (e->multi) { curl_multi_cleanup(e->multi); e->multi = NULL; ec_loop_close(e); }
     lua_pushnil(L);
     lua_pushliteral(L, "enrich.core: could not create a libcurl multi handle");
     return 2;
@@ -362,6 +326,7 @@ static const luaL_Reg ENGINE_METHODS[] = {
   { "cancel", eng_cancel },
   { "pending", eng_pending },
   { "timeout", eng_timeout },
+  { "fd", eng_fd },
   { "close", eng_close },
   { NULL, NULL }
 };

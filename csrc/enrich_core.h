@@ -76,6 +76,8 @@ struct ec_engine {
   ec_list active, done;
   CURL *pool[EC_EASY_POOL_MAX];  /* idle easy handles, reset before reuse */
   int pool_n;
+  int epfd;                 /* epoll set of libcurl's sockets, or -1 */
+  double timer_at;          /* when libcurl wants its timeout action, or -1 */
   ec_settings set;
 };
 
@@ -90,6 +92,14 @@ size_t ec_size_field(lua_State *L, int idx, const char *name, size_t dflt);
 /* xfer.c: building and freeing transfers */
 ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx);
 void ec_xfer_free(ec_engine *e, ec_xfer *x);
+
+/* loop.c: waiting on libcurl and driving it */
+double ec_now(void);
+int  ec_loop_open(ec_engine *e);            /* 0, or -1 */
+void ec_loop_close(ec_engine *e);
+void ec_loop_run(ec_engine *e, double deadline);   /* until a completion or the deadline */
+double ec_loop_timeout(ec_engine *e);       /* seconds, or -1: nothing scheduled */
+int  ec_loop_fd(const ec_engine *e);        /* pollable fd, or -1 */
 
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);

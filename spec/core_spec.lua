@@ -148,6 +148,19 @@ describe("enrich.core", function()
       assert.equal(1, engine:pending())
     end)
 
+    it("makes progress when called with 0 once per frame, as a host loop does", function()
+      local socket = require "socket"
+      local id = engine:submit { url = base .. "/delay?s=0.1" }
+      local done
+      for _ = 1, 300 do                     -- ~60 frames a second, 5 s at most
+        for _, c in ipairs(engine:poll(0)) do done = c end
+        if done then break end
+        socket.sleep(1 / 60)
+      end
+      assert.equal(id, done and done.id)
+      assert.is_true(done.json.delayed)
+    end)
+
     it("raises on a negative timeout", function()
       assert.has_error(function() engine:poll(-1) end)
     end)
@@ -344,6 +357,26 @@ describe("enrich.core", function()
       assert.is_true(t >= 0)
       engine:cancel(id)
       assert.equal(0, engine:timeout())
+    end)
+  end)
+
+  describe("fd()", function()
+    it("lets a foreign loop wait on one descriptor, with timeout() for timers", function()
+      local fd = engine:fd()
+      if fd == nil then return pending("no pollable descriptor on this platform") end
+      assert.is_true(fd >= 0)
+      local socket = require "socket"
+      local watched = { getfd = function() return fd end, dirty = function() return false end }
+      local id = engine:submit { url = base .. "/delay?s=0.3" }
+      local done
+      for _ = 1, 200 do                     -- bounded: about 4 s at most
+        local wait = engine:timeout()
+        socket.select({ watched }, nil, math.min(wait or 0.02, 0.02))
+        for _, c in ipairs(engine:poll(0)) do done = c end
+        if done then break end
+      end
+      assert.equal(id, done.id)
+      assert.equal(200, done.status)
     end)
   end)
 

@@ -4,7 +4,9 @@
 local helper = {}
 
 local lua_tag = (jit and "luajit") or _VERSION:match("%d+%.%d+")
-package.cpath = "build/" .. lua_tag .. "/?.so;" .. package.cpath
+-- ENRICH_CORE_DIR points at another build of the C module (the portable
+-- non-epoll one, say) without touching anything else.
+package.cpath = (os.getenv("ENRICH_CORE_DIR") or ("build/" .. lua_tag)) .. "/?.so;" .. package.cpath
 helper.lua_tag = lua_tag
 
 -- The interpreter that runs the specs also runs the servers unless told.

@@ -1,0 +1,164 @@
+/* Driving libcurl. On Linux: libcurl's socket interface with one epoll set
+ * per engine, so each wake-up touches only the sockets that are ready (no
+ * pass over every transfer, which matters with thousands in flight), and
+ * the epoll descriptor is one fd a foreign event loop can wait on.
+ * Elsewhere (or with -DEC_NO_EPOLL): curl_multi_perform + curl_multi_poll. */
+#include <limits.h>
+#include <time.h>
+#include <unistd.h>
+#include "enrich_core.h"
+
+#if defined(__linux__) && !defined(EC_NO_EPOLL)
+#define EC_EPOLL 1
+#include <sys/epoll.h>
+#endif
+
+double ec_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int to_ms(double seconds) {
+  if (seconds <= 0) return 0;
+  if (seconds > INT_MAX / 1000) return INT_MAX;
+  return (int)(seconds * 1000.0 + 0.999);
+}
+
+/* Moves every transfer libcurl reports finished to the done list. */
+static void drain(ec_engine *e) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(e->multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    ec_xfer *x = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    if (x == NULL) continue;
+    x->result = m->data.result;
+    x->finished = 1;
+    curl_multi_remove_handle(e->multi, x->easy);
+    ec_list_remove(&e->active, x);
+    ec_list_push(&e->done, x);
+  }
+}
+
+#ifdef EC_EPOLL
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+  ec_engine *e = userp;
+  (void)easy;
+  if (what == CURL_POLL_REMOVE) {
+    epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);
+    return 0;
+  }
+  struct epoll_event ev = { 0, { 0 } };
+  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+  ev.data.fd = s;
+  if (socketp == NULL) {
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, s, &ev) != 0) epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev);
+    curl_multi_assign(e->multi, s, (void *)e);   /* mark: known to the set */
+  } else {
+    epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev);
+  }
+  return 0;
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
+  ec_engine *e = userp;
+  (void)multi;
+  e->timer_at = timeout_ms < 0 ? -1 : ec_now() + (double)timeout_ms / 1000.0;
+  return 0;
+}
+
+int ec_loop_open(ec_engine *e) {
+  e->timer_at = -1;
+  e->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (e->epfd < 0) return -1;
+  curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, (void *)e);
+  curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+  curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, (void *)e);
+  return 0;
+}
+
+void ec_loop_close(ec_engine *e) {
+  if (e->epfd >= 0) close(e->epfd);
+  e->epfd = -1;
+}
+
+int ec_loop_fd(const ec_engine *e) { return e->epfd; }
+
+/* Every call makes at least one non-blocking pass over ready sockets, so
+ * poll(0) from a host's frame loop always makes progress. */
+void ec_loop_run(ec_engine *e, double deadline) {
+  struct epoll_event evs[64];
+  int running;
+  for (;;) {
+    double now = ec_now();
+    if (e->timer_at >= 0 && e->timer_at <= now) {
+      e->timer_at = -1;
+      curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+      drain(e);
+      if (e->done.n > 0) return;
+    }
+    double wait = deadline - now;
+    if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
+    int n = epoll_wait(e->epfd, evs, 64, to_ms(wait));
+    for (int i = 0; i < n; i++) {
+      int flags = 0;
+      if (evs[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+      if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+      if (evs[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+      curl_multi_socket_action(e->multi, evs[i].data.fd, flags, &running);
+    }
+    drain(e);
+    if (e->done.n > 0 || ec_now() >= deadline) return;
+  }
+}
+
+double ec_loop_timeout(ec_engine *e) {
+  if (e->done.n > 0) return 0;
+  if (e->timer_at < 0) return -1;
+  double left = e->timer_at - ec_now();
+  return left > 0 ? left : 0;
+}
+
+#else  /* portable: perform + poll */
+
+int ec_loop_open(ec_engine *e) { e->epfd = -1; e->timer_at = -1; return 0; }
+void ec_loop_close(ec_engine *e) { (void)e; }
+int ec_loop_fd(const ec_engine *e) { (void)e; return -1; }
+
+static void wait_for(ec_engine *e, int ms) {
+#if EC_CURL_AT_LEAST(0x074200)
+  curl_multi_poll(e->multi, NULL, 0, ms, NULL);
+#else
+  int fds = 0;
+  curl_multi_wait(e->multi, NULL, 0, ms, &fds);
+  if (fds == 0) {  /* old curl_multi_wait returns at once with nothing to watch */
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+  }
+#endif
+}
+
+void ec_loop_run(ec_engine *e, double deadline) {
+  for (;;) {
+    int running;
+    curl_multi_perform(e->multi, &running);
+    drain(e);
+    if (e->done.n > 0) return;
+    double left = deadline - ec_now();
+    if (left <= 0) return;
+    wait_for(e, to_ms(left));
+  }
+}
+
+double ec_loop_timeout(ec_engine *e) {
+  long ms = -1;
+  if (e->done.n > 0) return 0;
+  curl_multi_timeout(e->multi, &ms);
+  return ms < 0 ? -1 : (double)ms / 1000.0;
+}
+
+#endif
