@@ -267,7 +267,11 @@ function sim_mt:job_phase(job, count)
   else
     phase = "running"
   end
-  if count then job.polls_seen = job.polls_seen + 1 end
+  if count then
+    -- what this poll saw; reads that are not polls show the same progress
+    job.phase_polls = job.polls_seen
+    job.polls_seen = job.polls_seen + 1
+  end
   return phase
 end
 
@@ -275,7 +279,7 @@ end
 function sim_mt:job_progress(job)
   if job.done then return 1 end
   if job.need_polls <= 0 then return 0 end
-  return math.min(1, job.polls_seen / (job.need_polls + 1))
+  return math.min(1, (job.phase_polls or job.polls_seen) / job.need_polls)
 end
 
 --- Changes a live job: outcome, polls, ms, finish = true (done at next read).

@@ -147,11 +147,13 @@ end
 
 local function view(job)
   local status = job.done and job.status_final or "pending"
+  local data_found = null
+  if status == "finished" then data_found = job.data_found == true end
   return {
     id = job.id, createdAt = util.iso(job.created), updatedAt = util.iso(job.updated or job.created),
     entityId = job.entity, entityType = "person", field = job.field, status = status,
     error = job.error or null,
-    dataFound = (status == "finished") and job.data_found or null,
+    dataFound = data_found,
     createdBy = "user_sim", orgId = "org_sim",
     globalEnrichmentId = (status == "finished" and job.global_id) or null,
     creditTransactionId = (status == "finished" and job.credit_tx) or null,
