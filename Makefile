@@ -15,7 +15,10 @@ SOURCES     := $(wildcard csrc/*.c)
 HEADERS     := $(wildcard csrc/*.h)
 PREFIX      ?= /usr/local
 
-.PHONY: all build deps test demo bench lint install clean check-c valgrind
+ROCKSPEC    := $(wildcard lua-enrich-*.rockspec)
+MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null)
+
+.PHONY: all build deps test demo bench lint install clean valgrind rock
 
 all: build
 
@@ -36,6 +39,7 @@ build/noepoll/enrich/core.so: $(SOURCES) $(HEADERS)
 	  -o $@ $(SOURCES) $(CURL_LIBS)
 
 lint: build build/noepoll/enrich/core.so
+	lua5.4 scripts/check-rockspec.lua $(ROCKSPEC)
 	luacheck --quiet --no-color $(wildcard lua spec examples bin bench)
 
 test: deps
@@ -52,6 +56,12 @@ demo: deps
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@sh bench/run
+
+# `luarocks make` into a private tree (no network: deps come from Debian).
+# Debian keeps curl.h under a multiarch directory LuaRocks does not search.
+rock:
+	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks \
+	  $(if $(MULTIARCH),CURL_INCDIR=/usr/include/$(MULTIARCH)) $(ROCKSPEC)
 
 # Plain copy for users without LuaRocks (with it: `luarocks make`).
 install: build/5.4/enrich/core.so
