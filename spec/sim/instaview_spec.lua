@@ -85,7 +85,8 @@ describe("sim instaview", function()
 
   it("hides a run from another key with 404 RESOURCE_NOT_FOUND", function()
     local id = submit { "p_1" }
-    local status, body = call("GET", "/sourcing/enrich/" .. id .. "/results", nil, { authorization = "Bearer sk_OTHER" })
+    local status, body = call("GET", "/sourcing/enrich/" .. id .. "/results", nil,
+      { authorization = "Bearer sk_OTHER" })
     assert.equal(404, status)
     assert.is_false(body.success)
     assert.equal("RESOURCE_NOT_FOUND", body.error.code)

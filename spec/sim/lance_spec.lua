@@ -136,7 +136,8 @@ describe("sim lance", function()
       local status, list = call("POST", "/api/v1/operations/enrichment/batch/query", { tasks = tasks })
       assert.equal(200, status)
       assert.equal(2, #list)
-      _, list = call("POST", "/api/v1/operations/enrichment/batch/query", { tasks = tasks })
+      status, list = call("POST", "/api/v1/operations/enrichment/batch/query", { tasks = tasks })
+      assert.equal(200, status)
       assert.same({ true, false }, { list[1].dataFound, list[2].dataFound })
     end)
 
@@ -189,6 +190,7 @@ describe("sim lance", function()
     it("answers 401 without a Bearer token", function()
       local status, body = trigger(P1, "emails") -- with the token: fine
       assert.equal(200, status)
+      assert.equal("pending", body.status)
       status, body = call("POST", "/api/v1/operations/enrichment/" .. P1 .. "?field=emails", nil,
         { authorization = "" })
       assert.equal(401, status)

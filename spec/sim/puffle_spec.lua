@@ -29,7 +29,8 @@ describe("sim puffle", function()
     for _, c in ipairs(body.enrichments) do slugs[#slugs + 1] = c.slug end
     assert.same({ "work_email", "phone_number", "website_overview" }, slugs)
     assert.equal("EMAIL_LOOKUP", body.enrichments[1].costModel.creditAction)
-    _, body = call("GET", "/api/enrichments?id=phone_number")
+    status, body = call("GET", "/api/enrichments?id=phone_number")
+    assert.equal(200, status)
     assert.equal(1, #body.enrichments)
     local _, _, res = call("GET", "/api/enrichments?q=nothing-like-this")
     assert.is_true(support.has_empty_array(res.body, "enrichments"))
@@ -207,16 +208,18 @@ describe("sim puffle", function()
   end)
 
   describe("errors", function()
+    local EXPLICIT = { type = "explicit_leads", leadIds = { "a" } }
     local cases = {
       { "invalid JSON", "{", 400 },
       { "a missing enrichmentId", { scope = { type = "explicit_leads", leadIds = { "a" } } }, 400 },
-      { "an unknown enrichment", { enrichmentId = "nope", scope = { type = "explicit_leads", leadIds = { "a" } } }, 404 },
+      { "an unknown enrichment", { enrichmentId = "nope", scope = EXPLICIT }, 404 },
       { "a missing scope", { enrichmentId = "work_email" }, 400 },
       { "an empty lead list", { enrichmentId = "work_email", scope = { type = "explicit_leads", leadIds = {} } }, 400 },
       { "501 leads", { enrichmentId = "work_email", scope = { type = "explicit_leads", leadIds = leads(501) } }, 400 },
-      { "a filtered_list scope", { enrichmentId = "work_email", scope = { type = "filtered_list", listId = "l" } }, 400 },
+      { "a filtered_list scope", { enrichmentId = "work_email", scope = { type = "filtered_list", listId = "l" } },
+        400 },
       { "an unknown list", { enrichmentId = "work_email", scope = { type = "list", listId = "nope" } }, 404 },
-      { "a bad mode", { enrichmentId = "work_email", mode = "x", scope = { type = "explicit_leads", leadIds = { "a" } } }, 400 },
+      { "a bad mode", { enrichmentId = "work_email", mode = "x", scope = EXPLICIT }, 400 },
     }
     for _, c in ipairs(cases) do
       it("answers " .. c[3] .. " {error} to " .. c[1], function()

@@ -20,7 +20,8 @@ describe("enrich.sim", function()
 
     local shapes = {
       { "/tamtam/v9/x", TT, function(b) return b.title == "Not Found" and b.status == 404 end },
-      { "/instaview/nope", { authorization = "Bearer k" }, function(b) return b.error.code == "RESOURCE_NOT_FOUND" end },
+      { "/instaview/nope", { authorization = "Bearer k" },
+        function(b) return b.error.code == "RESOURCE_NOT_FOUND" end },
       { "/lance/api/v1/nope", { authorization = "Bearer k" }, function(b) return b.error.code == "NOT_FOUND" end },
       { "/puffle/api/nope", { authorization = "Bearer k" }, function(b) return type(b.error) == "string" end },
       { "/parsetx/v2/nope", PT, function(b) return type(b.error) == "string" end },
@@ -71,7 +72,9 @@ describe("enrich.sim", function()
 
   describe("JSON", function()
     it("encodes deliberate empty arrays as [] and nested ones too", function()
-      assert.equal('{"a":[],"b":{"c":[]}}', util.encode { a = util.array({}), b = { c = util.array() } })
+      local text = util.encode { a = util.array({}), b = { c = util.array() } }
+      assert.truthy(text:find('"a":[]', 1, true))
+      assert.truthy(text:find('{"c":[]}', 1, true))
       assert.equal("[1]", util.encode(util.array { 1 }))
     end)
 
@@ -136,7 +139,8 @@ describe("enrich.sim", function()
     end)
 
     it("replaces the body with an explicit one when given", function()
-      sim:fault { provider = "puffle", type = 409, body = { error = "run_status_changed", reason = "run_status_changed" } }
+      sim:fault { provider = "puffle", type = 409,
+                  body = { error = "run_status_changed", reason = "run_status_changed" } }
       local status, body = call(sim, "POST", "/puffle/api/enrichment/x/cancel", nil, { authorization = "Bearer k" })
       assert.equal(409, status)
       assert.equal("run_status_changed", body.reason)
@@ -256,7 +260,8 @@ describe("enrich.sim", function()
 
     it("moves the clock for ms-based completion", function()
       call(sim, "POST", "/_sim/config", { instaview = { polls = 0, ms = 2000 } })
-      local _, s = call(sim, "POST", "/instaview/sourcing/enrich", { profileIds = { "p" } }, { authorization = "Bearer k" })
+      local _, s = call(sim, "POST", "/instaview/sourcing/enrich", { profileIds = { "p" } },
+        { authorization = "Bearer k" })
       local path = "/instaview/sourcing/enrich/" .. s.requestId .. "/results"
       assert.equal(202, (call(sim, "GET", path, nil, { authorization = "Bearer k" })))
       local _, clk = call(sim, "POST", "/_sim/clock", { advance = 2.5 })

@@ -41,6 +41,7 @@ describe("sim tamtam", function()
     assert.equal("PROCESSING", body.status)
     assert.truthy(res.body:find('"results":null', 1, true))
     status, body = call("GET", "/v2/people/enrich/" .. id)
+    assert.equal(200, status)
     assert.equal("COMPLETED", body.status)
     assert.equal(id, body.request_id)
     assert.equal(2, body.item_count)
@@ -59,8 +60,9 @@ describe("sim tamtam", function()
   it("returns the same data for the same person every time", function()
     local a = submit { person { enrichment_type = "phone" } }
     local b = submit { person { enrichment_type = "phone" } }
-    local _, ra = support.poll_until(call, "/v2/people/enrich/" .. a, function(_, x) return x.status ~= "PROCESSING" end)
-    local _, rb = support.poll_until(call, "/v2/people/enrich/" .. b, function(_, x) return x.status ~= "PROCESSING" end)
+    local function done(_, x) return x.status ~= "PROCESSING" end
+    local _, ra = support.poll_until(call, "/v2/people/enrich/" .. a, done)
+    local _, rb = support.poll_until(call, "/v2/people/enrich/" .. b, done)
     assert.equal(ra.results[1].phones[1].number, rb.results[1].phones[1].number)
   end)
 
@@ -151,7 +153,8 @@ describe("sim tamtam", function()
 
     it("refuses a batch it cannot reserve with 402 problem+json", function()
       sim:configure { tamtam = { credits = 5 } }
-      local status, body, res = call("POST", "/v2/people/enrich", { requests = { person { enrichment_type = "phone" } } })
+      local status, body, res = call("POST", "/v2/people/enrich",
+        { requests = { person { enrichment_type = "phone" } } })
       assert.equal(402, status)
       assert.equal("application/problem+json", res.headers["Content-Type"])
       assert.equal(10, body.errors[1].value)
