@@ -45,19 +45,8 @@ local DEFAULTS = {
   run_max_seconds = 3600,
 }
 
-local REASONS = {
-  [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted",
-  [204] = "No Content", [301] = "Moved Permanently", [302] = "Found",
-  [304] = "Not Modified", [400] = "Bad Request", [401] = "Unauthorized",
-  [402] = "Payment Required", [403] = "Forbidden", [404] = "Not Found",
-  [405] = "Method Not Allowed", [408] = "Request Timeout", [409] = "Conflict",
-  [410] = "Gone", [411] = "Length Required", [413] = "Payload Too Large",
-  [415] = "Unsupported Media Type", [422] = "Unprocessable Entity",
-  [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
-  [500] = "Internal Server Error", [501] = "Not Implemented",
-  [502] = "Bad Gateway", [503] = "Service Unavailable",
-  [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
-}
+-- Reason phrases live in util so the handlers need no sockets.
+local REASONS = require("enrich.sim.util").REASONS
 
 local _M = { _VERSION = "0.1.0", DEFAULTS = DEFAULTS, REASONS = REASONS }
 

@@ -7,12 +7,12 @@
 -- items and released for failed ones.
 -- luacheck: ignore 212/self
 local util = require "enrich.sim.util"
-local REASONS = require("enrich.sim.httpd").REASONS
 
 local ipairs, pairs, type, tostring, setmetatable =
   ipairs, pairs, type, tostring, setmetatable
 local lower, concat = string.lower, table.concat
 local null, array = util.null, util.array
+local REASONS = util.REASONS
 
 local MAX_BATCH = 100
 local COST = { email = 1, phone = 10 }
