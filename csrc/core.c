@@ -331,8 +331,15 @@ static const luaL_Reg ENGINE_METHODS[] = {
   { NULL, NULL }
 };
 
+/* Monotonic seconds: the engine's clock for timers and deadlines. */
+static int core_now(lua_State *L) {
+  lua_pushnumber(L, ec_now());
+  return 1;
+}
+
 static const luaL_Reg CORE_FUNCS[] = {
   { "new", core_new },
+  { "now", core_now },
   { "versions", core_versions },
   { NULL, NULL }
 };

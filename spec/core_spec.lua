@@ -47,6 +47,13 @@ describe("enrich.core", function()
       assert.is_boolean(v.http2)
     end)
 
+    it("has a monotonic clock in seconds", function()
+      local a = core.now()
+      local b = core.now()
+      assert.is_number(a)
+      assert.is_true(b >= a)
+    end)
+
     it("exports the JSON null sentinel", function()
       assert.equal(require("cjson").null, core.null)
     end)

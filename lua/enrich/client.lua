@@ -1,0 +1,140 @@
+-- A client: one provider, one API key, and the policies that apply to its
+-- jobs (provider defaults, overridden by the caller's options).
+local errors = require "enrich.errors"
+local policy = require "enrich.policy"
+local providers = require "enrich.providers"
+local ratelimit = require "enrich.ratelimit"
+local job = require "enrich.job"
+
+local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+
+local _M = { _VERSION = "0.1.0" }
+local client_mt = {}
+client_mt.__index = client_mt
+-- Never print a key: a client shows only its provider.
+client_mt.__tostring = function(c) return "enrich.client(" .. c.spec.name .. ")" end
+
+local OPTIONS = {
+  api_key = "string", base_url = "string", poll = "table", retry = "table",
+  rate = "table", timeout = "number", connect_timeout = "number", max_body = "number",
+}
+
+-- Per (provider, key): the rate limit bucket and the "out of credits" stop,
+-- shared by every client with that key. Keys are kept only in memory.
+local shared = setmetatable({}, { __mode = "k" })
+local by_key = {}
+
+local function shared_state(spec, key, rate)
+  local id = spec.name .. "\0" .. key
+  local s = by_key[id]
+  if not s then
+    s = { bucket = rate and ratelimit.new(rate.per_second, rate.burst) }
+    by_key[id] = s
+    shared[s] = true
+  end
+  return s
+end
+
+--- enrich.client(name_or_spec, opts) -> client | nil, err
+function _M.new(sched, name_or_spec, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("enrich.client: options must be a table", 3) end
+  for k, v in pairs(opts) do
+    if not OPTIONS[k] then error("enrich.client: unknown option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= OPTIONS[k] then error("enrich.client: '" .. k .. "' must be a " .. OPTIONS[k], 3) end
+  end
+  local spec, msg
+  if type(name_or_spec) == "string" then
+    spec, msg = providers.get(name_or_spec)
+    if not spec then return nil, errors.new("unsupported", msg) end
+  elseif type(name_or_spec) == "table" then
+    spec = providers.validate(name_or_spec, name_or_spec.name or "custom")
+    spec.name = spec.name or "custom"
+  else
+    error("enrich.client: a provider name or table is required", 3)
+  end
+  if not opts.api_key or opts.api_key == "" then
+    return nil, errors.new("auth", "no api_key given for " .. spec.name, { provider = spec.name })
+  end
+  local base = opts.base_url or spec.base_url
+  if not base:match("^https?://") then
+    return nil, errors.new("invalid", "base_url must start with http:// or https://", { provider = spec.name })
+  end
+  local rate = spec.rate
+  if opts.rate then rate = policy.merge(spec.rate or { per_second = 1, burst = 1 }, opts.rate, "rate") end
+  local c = setmetatable({
+    sched = sched, spec = spec,
+    base_url = base:gsub("/+$", ""),
+    poll = policy.merge(policy.merge(policy.DEFAULT_POLL, spec.poll, "poll"), opts.poll, "poll"),
+    retry = policy.merge(policy.merge(policy.DEFAULT_RETRY, spec.retry, "retry"), opts.retry, "retry"),
+    timeout = opts.timeout or 30, connect_timeout = opts.connect_timeout or 10,
+    max_body = opts.max_body,
+  }, client_mt)
+  -- The key lives in a closure, not a field, so dumping the client shows none.
+  local key = opts.api_key
+  local auth = spec.auth or function(k) return { Authorization = "Bearer " .. k } end
+  function c.headers()
+    local h = auth(key)
+    h.Accept = h.Accept or "application/json"
+    return h
+  end
+  c.shared = shared_state(spec, key, rate)
+  return c
+end
+
+--- Waits for a token of the provider's rate limit (in a task).
+function client_mt:throttle()
+  local b = self.shared.bucket
+  if not b then return end
+  for _ = 1, 1000 do
+    local wait = b:take(self.sched.now())
+    if wait == 0 then return end
+    self.sched:sleep(wait)
+  end
+end
+
+--- Sees every failed request: an out-of-credits answer stops submitting.
+function client_mt:observe(err)
+  if err.code == "credits" then self.shared.blocked = err end
+end
+
+function client_mt:blocked() return self.shared.blocked end
+
+--- Clears the "out of credits" stop (after a top-up, say).
+function client_mt:resume_submitting() self.shared.blocked = nil end
+
+--- client:submit(inputs, opts) -> job | nil, err
+function client_mt:submit(inputs, opts)
+  if type(inputs) ~= "table" then error("submit: inputs must be an array", 2) end
+  local n = #inputs
+  for k in pairs(inputs) do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      error("submit: inputs must be an array (found key '" .. tostring(k) .. "')", 2)
+    end
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("submit: options must be a table", 2) end
+  local allowed = self.spec.options or {}
+  for k in pairs(opts) do
+    if not allowed[k] then error("submit: unknown option '" .. tostring(k) .. "' for " .. self.spec.name, 2) end
+  end
+  local name = self.spec.name
+  if n == 0 then return nil, errors.new("invalid", "no inputs", { provider = name }) end
+  if opts.kind ~= nil and self.spec.kinds and not self.spec.kinds[opts.kind] then
+    return nil, errors.new("invalid", "kind '" .. tostring(opts.kind) .. "' is not offered by " .. name,
+                           { provider = name })
+  end
+  local prepared = {}
+  for i, input in ipairs(inputs) do
+    local p, msg = self.spec.prepare(input, opts)
+    if p == nil then
+      return nil, errors.new("invalid", "input " .. i .. ": " .. tostring(msg), { provider = name, index = i })
+    end
+    prepared[i] = p
+  end
+  local blocked = self:blocked()
+  if blocked then return nil, blocked end
+  return job.new(self, inputs, prepared, opts):start()
+end
+
+return _M

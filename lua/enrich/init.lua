@@ -1,0 +1,68 @@
+-- lua-enrich: asynchronous enrichment jobs, one API for every provider.
+--
+--   local enrich = require "enrich"
+--   local client = assert(enrich.client("tamtam", { api_key = key }))
+--   local job = assert(client:submit(people, { kind = "email" }))
+--   job:wait()
+--
+-- One loop per Lua state (per nginx worker in OpenResty), made on first use.
+local scheduler = require "enrich.scheduler"
+local client = require "enrich.client"
+local errors = require "enrich.errors"
+local policy = require "enrich.policy"
+local providers = require "enrich.providers"
+local request = require "enrich.request"
+
+local _M = {
+  _NAME = "enrich",
+  _VERSION = "0.1.0",
+  providers = providers,
+  errors = errors,
+  null = request.null,
+  DEFAULT_POLL = policy.DEFAULT_POLL,
+  DEFAULT_RETRY = policy.DEFAULT_RETRY,
+}
+
+local loop
+
+--- The loop every client and task of this Lua state shares.
+function _M.scheduler()
+  if not loop then loop = assert(scheduler.new()) end
+  return loop
+end
+
+function _M.client(name_or_spec, opts)
+  return client.new(_M.scheduler(), name_or_spec, opts)
+end
+
+--- Runs fn(...) in a task; drives the loop until it and every task it
+--- spawned finished. Returns fn's results; raises any of their errors.
+function _M.run(fn, ...) return _M.scheduler():run(fn, ...) end
+
+--- Starts fn(...) as a task (inside run, or driven by tick/wait).
+function _M.spawn(fn, ...)
+  if type(fn) ~= "function" then error("enrich.spawn: a function is required", 2) end
+  return _M.scheduler():go(fn, { user = true }, ...)
+end
+
+--- Waits `seconds`: yields inside a task, drives the loop outside one.
+function _M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then error("enrich.sleep: seconds must be >= 0", 2) end
+  local s = _M.scheduler()
+  if s:current() then return s:sleep(seconds) end
+  local deadline = s.now() + seconds
+  repeat
+    s:step(math.max(deadline - s.now(), 0))
+    s:check_failure(2)
+  until s.now() >= deadline
+end
+
+--- One non-blocking step for host loops; returns the live jobs and tasks.
+function _M.tick()
+  local s = _M.scheduler()
+  local live = s:step(0)
+  s:check_failure(2)
+  return live
+end
+
+return _M

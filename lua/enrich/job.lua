@@ -1,0 +1,315 @@
+-- A job: the inputs of one client:submit, split into parts (one provider
+-- request each, by the provider's batch size), submitted, polled on the
+-- client's cadence until every part is terminal, then normalized into one
+-- result item per input, in input order.
+--
+-- Between polls a job is only an entry in the scheduler's timer heap (it is
+-- its own heap node); a coroutine exists only while a step does HTTP.
+local errors = require "enrich.errors"
+local policy = require "enrich.policy"
+local request = require "enrich.request"
+
+local ipairs, type, min, max, os_time = ipairs, type, math.min, math.max, os.time
+local iso = policy.iso8601
+
+local _M = { _VERSION = "0.1.0" }
+local job_mt = {}
+job_mt.__index = job_mt
+_M.job_mt = job_mt
+
+local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true }
+_M.TERMINAL = TERMINAL
+
+local function touch(job)
+  job.updated_at = iso(os_time())
+end
+
+--- A new job (not started). prepared[i] is the provider's form of inputs[i].
+function _M.new(client, inputs, prepared, opts)
+  local size = client.spec.batch_size or #prepared
+  local parts = {}
+  for first = 1, #prepared, size do
+    local part = { first = first, inputs = {}, items = {} }
+    for i = first, min(first + size - 1, #prepared) do part.inputs[#part.inputs + 1] = prepared[i] end
+    parts[#parts + 1] = part
+  end
+  local t = os_time()
+  return setmetatable({
+    provider = client.spec.name, state = "queued",
+    created_at = iso(t), updated_at = iso(t),
+    client = client, sched = client.sched, inputs = inputs, opts = opts,
+    parts = parts, polls = 0,
+  }, job_mt)
+end
+
+function job_mt:done() return TERMINAL[self.state] == true end
+
+-- Wakes everyone waiting for this job, or for its next check.
+local function wake_all(job, list, ...)
+  if not list then return end
+  for _, co in ipairs(list) do job.sched:wake(co, ...) end
+end
+
+local function item_for(job, part, k, index)
+  local item = part.items[k] or {}
+  local input = job.inputs[index]
+  item.index = index
+  item.input = input
+  item.custom = type(input) == "table" and input.custom or nil
+  if not item.status then
+    if part.error and job.state ~= "timed_out" then
+      item.status, item.error = "failed", item.error or part.error
+    else
+      item.status = "pending"
+    end
+  end
+  return item
+end
+
+-- Builds results, counts and the final state. `forced` is timed_out or
+-- cancelled; otherwise the parts decide.
+local function finish(job, forced, err)
+  if job:done() then return end
+  job.sched:cancel_timer(job)
+  job.state = forced or "running"
+  local results, counts = {}, { total = #job.inputs, found = 0, not_found = 0, failed = 0, pending = 0 }
+  local part_errors, parts_ok, credits = 0, 0, nil
+  for _, part in ipairs(job.parts) do
+    if part.error then part_errors = part_errors + 1 else parts_ok = parts_ok + 1 end
+    if part.credits then credits = (credits or 0) + part.credits end
+    for k = 1, #part.inputs do
+      local index = part.first + k - 1
+      local item = item_for(job, part, k, index)
+      results[index] = item
+      counts[item.status] = (counts[item.status] or 0) + 1
+    end
+  end
+  job.results, job.counts = results, counts
+  if credits then job.cost = { credits = credits } end
+  if not forced then
+    local first_error
+    for _, part in ipairs(job.parts) do first_error = first_error or part.error end
+    if parts_ok == 0 then
+      job.state, err = "failed", first_error
+    elseif part_errors > 0 or counts.failed > 0 then
+      job.state, err = "partial", first_error
+    else
+      job.state = "succeeded"
+    end
+  end
+  job.error = err
+  local t = iso(os_time())
+  job.updated_at, job.finished_at = t, t
+  job.sched.live_jobs = job.sched.live_jobs - 1
+  local waiters, checks = job.waiters, job.check_waiters
+  job.waiters, job.check_waiters = nil, nil
+  wake_all(job, waiters, true)
+  wake_all(job, checks, true)
+end
+
+-- A Lua error inside a provider step: the body did not look as documented
+-- (or the mapping has a bug). Either way the job fails, loudly and once.
+local function step_failed(job)
+  return function(msg)
+    if job:done() then return end
+    local e = errors.new("protocol", "provider mapping failed: " .. tostring(msg):match("^[^\n]*"),
+                         { provider = job.provider })
+    for _, part in ipairs(job.parts) do
+      if not part.done then part.error, part.done = e, true end
+    end
+    finish(job, nil, e)
+  end
+end
+
+local function schedule_poll(job, hint)
+  local p = job.client.poll
+  local now = job.sched.now()
+  local delay = policy.poll_delay(p, job.polls, hint)
+  -- Never sleep past the deadline: one last look right at it.
+  if now + delay > job.deadline then delay = max(job.deadline - now, 0) end
+  job.sched:at(job, now + delay)
+end
+
+local function check_all(job)
+  if job:done() then return end
+  job.checking = true
+  local spec, ctx = job.client.spec, request.new(job.client, job)
+  local hint
+  for _, part in ipairs(job.parts) do
+    if not part.done and not job:done() then
+      local terminal, err = spec.check(ctx, part)
+      if err then
+        if err.retryable then
+          hint = err.retry_after and max(hint or 0, err.retry_after) or hint
+        else
+          part.error, part.done = err, true
+        end
+      elseif terminal then
+        part.done = true
+      end
+      hint = part.retry_after and max(hint or 0, part.retry_after) or hint
+      part.retry_after = nil
+    end
+  end
+  job.checking = false
+  if job:done() then return end          -- cancelled meanwhile
+  job.polls = job.polls + 1
+  touch(job)
+  local all = true
+  for _, part in ipairs(job.parts) do all = all and part.done end
+  local checks = job.check_waiters
+  job.check_waiters = nil
+  if all then
+    finish(job)
+  elseif job.sched.now() >= job.deadline then
+    finish(job, "timed_out", errors.new("timeout", "no terminal status before the poll deadline",
+                                        { provider = job.provider, retryable = true }))
+  else
+    schedule_poll(job, hint)
+  end
+  wake_all(job, checks, true)
+end
+
+-- The heap calls this when the next poll is due.
+function job_mt:on_timer(sched)
+  sched:go(check_all, { on_error = step_failed(self) }, self)
+end
+
+local function submit_all(job)
+  local client, spec = job.client, job.client.spec
+  local ctx = request.new(client, job)
+  for _, part in ipairs(job.parts) do
+    if job:done() then return end
+    local blocked = client:blocked()
+    if blocked then
+      part.error, part.done = blocked, true
+    else
+      local id, err = spec.submit(ctx, part)
+      if id and job:done() then          -- cancelled while the submit was on its way
+        part.id = id
+        if spec.cancel then pcall(spec.cancel, ctx, part) end
+        return
+      elseif id then
+        part.id = id
+        job.id = job.id or id
+        job.state = "running"
+        touch(job)
+      else
+        part.error, part.done = err, true
+      end
+    end
+  end
+  if job:done() then return end
+  local all = true
+  for _, part in ipairs(job.parts) do all = all and part.done end
+  if all then return finish(job) end
+  schedule_poll(job)
+end
+
+--- Starts submitting at the next turn of the loop.
+function job_mt:start()
+  self.deadline = self.sched.now() + self.client.poll.deadline
+  self.sched.live_jobs = self.sched.live_jobs + 1
+  self.sched:go(submit_all, { on_error = step_failed(self) }, self)
+  return self
+end
+
+-- Waits (yielding in a task, driving the loop otherwise) until pred() or
+-- `timeout` seconds; `list` names the job's waiter list to join.
+local function wait_for(job, list, pred, timeout)
+  local sched = job.sched
+  if pred() then return true end
+  local deadline = timeout and sched.now() + timeout
+  if sched:current() then
+    local co = coroutine.running()
+    job[list] = job[list] or {}
+    local waiters = job[list]
+    waiters[#waiters + 1] = co
+    local timer
+    if deadline then
+      timer = { on_timer = function() sched:wake(co, false) end }
+      sched:at(timer, deadline)
+    end
+    local woke = sched:park()
+    if timer then sched:cancel_timer(timer) end
+    if not woke then
+      for i, w in ipairs(job[list] or {}) do if w == co then table.remove(job[list], i) break end end
+    end
+    return pred()
+  end
+  if job.client.host_wait then return job.client.host_wait(job, pred, deadline) end
+  while not pred() do
+    local now = sched.now()
+    if deadline and now >= deadline then return false end
+    sched:step(deadline and min(deadline - now, 1) or 1)
+    sched:check_failure(3)
+  end
+  return true
+end
+_M.wait_for = wait_for
+
+--- Waits until the job is terminal, whichever way it ended. Returns the job,
+--- or nil and a `timeout` error if `timeout` seconds pass first.
+function job_mt:wait(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("job:wait: timeout must be a number of seconds >= 0", 2)
+  end
+  if wait_for(self, "waiters", function() return self:done() end, timeout) then return self end
+  return nil, errors.new("timeout", "job not finished within the wait timeout",
+                         { provider = self.provider, retryable = true })
+end
+
+--- Polls the provider once now (not waiting for the cadence) and returns
+--- the job when that check is over.
+function job_mt:refresh()
+  if self:done() or self.state == "queued" then return self end
+  local polls = self.polls
+  if not self.checking and self.sched:cancel_timer(self) then
+    self.sched:at(self, self.sched.now())
+  end
+  wait_for(self, "check_waiters", function() return self:done() or self.polls > polls end)
+  return self
+end
+
+local function cancel_at_provider(job)
+  local spec, ctx = job.client.spec, request.new(job.client, job)
+  for _, part in ipairs(job.parts) do
+    if part.id and not part.done then
+      local ok, err = spec.cancel(ctx, part)
+      if not ok then part.cancel_error = err end
+    end
+  end
+end
+
+--- Cancels the job: at the provider where it can (provider files with a
+--- cancel function), locally always. Returns the job.
+function job_mt:cancel()
+  if self:done() then return self end
+  local sched = self.sched
+  sched:cancel_timer(self)
+  if self.client.spec.cancel and self.state == "running" then
+    if sched:current() then
+      pcall(cancel_at_provider, self)
+    else
+      local over = false
+      local function done() over = true end
+      sched:go(cancel_at_provider, { on_done = done, on_error = done }, self)
+      local limit = sched.now() + 60            -- bounded, whatever the provider does
+      while not over and sched.now() < limit do sched:step(0.5) end
+    end
+  end
+  finish(self, "cancelled", errors.new("cancelled", "job cancelled", { provider = self.provider }))
+  return self
+end
+
+--- Plain data to rebuild the job from (no secrets, no functions).
+function job_mt:snapshot()
+  local parts = {}
+  for i, p in ipairs(self.parts) do
+    parts[i] = { first = p.first, count = #p.inputs, id = p.id, done = p.done or nil }
+  end
+  return { v = 1, provider = self.provider, state = self.state, id = self.id,
+           created_at = self.created_at, updated_at = self.updated_at, parts = parts }
+end
+
+return _M

@@ -1,0 +1,62 @@
+-- The provider registry: names → provider files (plain Lua tables). The five
+-- built-in ones load on first use from enrich/providers/<name>.lua; users add
+-- their own with register(name, spec), or pass a spec table to enrich.client.
+local type, pairs, pcall, require, tostring = type, pairs, pcall, require, tostring
+
+local _M = { _VERSION = "0.1.0" }
+
+local BUILTIN = { tamtam = true, instaview = true, lance = true, puffle = true, parsetx = true }
+_M.BUILTIN = BUILTIN
+
+local registry = {}
+
+-- What a provider file must have, and the type of what it may have.
+local REQUIRED = { base_url = "string", prepare = "function", submit = "function", check = "function" }
+local OPTIONAL = {
+  name = "string", batch_size = "number", kinds = "table", options = "table",
+  poll = "table", retry = "table", rate = "table", auth = "function",
+  cancel = "function", error = "function", idempotent_submit = "boolean",
+}
+
+--- Raises with a clear message when spec is not a usable provider table.
+function _M.validate(spec, name)
+  if type(spec) ~= "table" then error("provider '" .. tostring(name) .. "' must be a table", 3) end
+  for k, t in pairs(REQUIRED) do
+    if type(spec[k]) ~= t then
+      error("provider '" .. tostring(name) .. "': '" .. k .. "' must be a " .. t, 3)
+    end
+  end
+  for k, t in pairs(OPTIONAL) do
+    if spec[k] ~= nil and type(spec[k]) ~= t then
+      error("provider '" .. tostring(name) .. "': '" .. k .. "' must be a " .. t, 3)
+    end
+  end
+  if spec.batch_size and spec.batch_size < 1 then
+    error("provider '" .. tostring(name) .. "': batch_size must be >= 1", 3)
+  end
+  return spec
+end
+
+--- Adds (or replaces) a provider under `name`.
+function _M.register(name, spec)
+  if type(name) ~= "string" or name == "" then error("providers.register: name must be a string", 2) end
+  _M.validate(spec, name)
+  spec.name = spec.name or name
+  registry[name] = spec
+  return spec
+end
+
+--- The provider called `name`, or nil and a message.
+function _M.get(name)
+  if registry[name] then return registry[name] end
+  if BUILTIN[name] then
+    local ok, spec = pcall(require, "enrich.providers." .. name)
+    if not ok then return nil, spec end
+    spec.name = spec.name or name
+    registry[name] = _M.validate(spec, name)
+    return spec
+  end
+  return nil, "unknown provider '" .. tostring(name) .. "'"
+end
+
+return _M

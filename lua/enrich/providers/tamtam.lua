@@ -1,0 +1,132 @@
+-- tamtam: people enrichment (email or phone), a batch per request.
+-- POST /v2/people/enrich -> request_id; GET /v2/people/enrich/{id} until the
+-- aggregate status is COMPLETED or FAILED. (shared/providers/tamtam.md)
+local errors = require "enrich.errors"
+local N = require "enrich.normalize"
+
+local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
+
+local P = {
+  name = "tamtam",
+  base_url = "https://api.tamtam.ai/api",
+  batch_size = 100,                              -- documented maximum per call
+  kinds = { email = true, phone = true },
+  options = { kind = true },
+  rate = { per_second = 10, burst = 10 },        -- per key, all endpoints
+  -- ASSUMPTION (sheet §9): first poll after ~2 s, then 3-5 s; give up at 15 min.
+  poll = { interval = 2, factor = 1.5, max_interval = 15, deadline = 900 },
+  retry = { base = 1 },                          -- provider's advice: start at 1 s
+  idempotent_submit = false,                     -- a re-POST reserves credits again
+}
+
+-- ASSUMPTION (sheet §8): email 1 credit, phone 10, charged for completed items.
+local CREDITS = { email = 1, phone = 10 }
+
+-- The raw key, without "Bearer ": the guide is explicit about it.
+function P.auth(key) return { Authorization = key } end
+
+--- A person -> one request item; nil and a reason when there is nothing to
+--- look up. custom travels as our own row marker, never the caller's data.
+function P.prepare(input, opts)
+  if type(input) ~= "table" then return nil, "a person must be a table" end
+  local first, last = N.text(input.first_name), N.text(input.last_name)
+  if not first and not last and input.full_name then first, last = N.split_name(input.full_name) end
+  local linkedin = N.text(input.linkedin_url)
+  if not (linkedin or first or last) then
+    return nil, "needs linkedin_url or a name (first_name, last_name or full_name)"
+  end
+  if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
+  return {
+    enrichment_type = opts.kind or "email",
+    first_name = first, last_name = last, linkedin_url = linkedin,
+    company_name = N.text(input.company), company_domain = N.text(input.domain),
+  }
+end
+
+function P.submit(ctx, part)
+  local requests = {}
+  for k, item in ipairs(part.inputs) do
+    requests[k] = {
+      enrichment_type = item.enrichment_type, first_name = item.first_name,
+      last_name = item.last_name, linkedin_url = item.linkedin_url,
+      company_name = item.company_name, company_domain = item.company_domain,
+      custom = { row = tostring(k) },
+    }
+  end
+  local res, err = ctx:call { method = "POST", path = "/v2/people/enrich", json = { requests = requests } }
+  if not res then return nil, err end
+  local id = res.json.request_id
+  if type(id) ~= "string" or id == "" then
+    return nil, ctx:error("protocol", "submit answer has no request_id")
+  end
+  return id
+end
+
+--- One provider result -> a normalized item (fields the job completes).
+function P.item(r, kind)
+  local status, err = r.status, N.text(r.error)
+  if status == "FAILED" or err then
+    return { status = "failed", raw = r,
+             error = errors.new("server", err or "item failed", { provider = "tamtam", retryable = false }) }
+  end
+  if status ~= "COMPLETED" then return { status = "pending", raw = r } end
+  local emails, phones = {}, {}
+  for _, e in ipairs(N.array(r.emails)) do
+    if N.text(e.email) then emails[#emails + 1] = { address = e.email, status = N.email_status(e.status) } end
+  end
+  for _, p in ipairs(N.array(r.phones)) do
+    if N.text(p.number) then phones[#phones + 1] = { number = p.number, region = N.value(p.region) } end
+  end
+  local email = N.best_email(emails, N.text(r.most_probable_email))
+  local phone = phones[1] and phones[1].number
+  local found = (kind == "phone" and phone) or (kind ~= "phone" and email)
+  return { status = found and "found" or "not_found", emails = emails, phones = phones,
+           email = email, phone = phone, raw = r }
+end
+
+local STATES = { PROCESSING = false, COMPLETED = true, FAILED = true }
+
+function P.check(ctx, part)
+  local res, err = ctx:call { path = "/v2/people/enrich/" .. ctx.escape(part.id) }
+  if not res then return nil, err end
+  local body = res.json
+  local done = STATES[body.status]
+  if done == nil then
+    return nil, ctx:error("protocol", "unknown status '" .. tostring(body.status) .. "'")
+  end
+  part.raw = body
+  if not done then return false end
+  if body.status == "FAILED" then
+    part.error = ctx:error("server", "tamtam reports the request failed", { provider_code = "FAILED" })
+    return true
+  end
+  local kind = part.inputs[1].enrichment_type
+  local charged = 0
+  for pos, r in ipairs(N.array(N.value(body.results))) do
+    -- Correlate by our row marker; fall back to position (sheet §3.2).
+    local k = type(r.custom) == "table" and tonumber(r.custom.row) or pos
+    if part.inputs[k] then
+      local item = P.item(r, kind)
+      part.items[k] = item
+      if item.status == "found" or item.status == "not_found" then charged = charged + CREDITS[kind] end
+    end
+  end
+  part.credits = charged
+  return true
+end
+
+-- problem+json (title, detail, errors[]), or the bare 429 {"Message": ...}.
+function P.error(c)
+  local b = type(c.json) == "table" and c.json or {}
+  local msg = N.text(b.detail) or N.text(b.title) or N.text(b.Message)
+  local first = type(b.errors) == "table" and b.errors[1]
+  if type(first) == "table" and N.text(first.message) then
+    msg = (msg and (msg .. ": ") or "") .. first.message
+  end
+  local fields = {}
+  -- ASSUMPTION (sheet §8): out of credits may come as 402 or a 422 saying so.
+  if msg and msg:lower():find("credit", 1, true) then fields.code = "credits" end
+  return msg, N.text(b.title), fields
+end
+
+return P

@@ -1,0 +1,219 @@
+-- The event loop: one enrich.core engine, an intrusive timer heap, and the
+-- coroutines waiting on transfers. Hosts differ only in how they call
+-- step(): with a wait in a plain script, with 0 once per frame in a game
+-- loop, from one timer per worker in OpenResty.
+--
+-- Waiting things cost little: a job between polls is only an entry in the
+-- heap (no coroutine); coroutines live while a step does HTTP.
+local core = require "enrich.core"
+local heap = require "enrich.heap"
+
+local co_create, co_resume, co_yield, co_running, co_status =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
+local traceback = debug.traceback
+local unpack = table.unpack or unpack
+local select, error, type, min, max = select, error, type, math.min, math.max
+local now = core.now
+
+local _M = { _VERSION = "0.1.0" }
+local sched_mt = {}
+sched_mt.__index = sched_mt
+
+--- A new loop. opts.core: options for enrich.core's engine.
+function _M.new(opts)
+  opts = opts or {}
+  local engine, err = core.new(opts.core)
+  if not engine then return nil, err end
+  return setmetatable({
+    engine = engine,
+    timers = heap.new(),
+    waiting = {},        -- transfer id -> coroutine
+    ready = {}, ready_head = 1, ready_tail = 0,
+    tasks = {},          -- coroutine -> task record, for every task we run
+    user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
+    live_jobs = 0,       -- jobs not yet terminal
+    failure = nil,       -- first error raised in a user task
+  }, sched_mt)
+end
+
+sched_mt.now = function() return now() end
+
+--- The task record of the running coroutine, when it is one of ours.
+function sched_mt:current()
+  local co = co_running()
+  return co and self.tasks[co]
+end
+
+local function enqueue(self, co, ...)
+  local t = self.ready_tail + 1
+  self.ready_tail = t
+  self.ready[t] = { co, select("#", ...), ... }
+end
+
+local function finish_task(self, task, ok, ...)
+  self.tasks[task.co] = nil
+  if task.user then self.user_tasks = self.user_tasks - 1 end
+  if not ok then
+    local msg = ...
+    if task.user or task.strict then
+      self.failure = self.failure or msg
+    elseif task.on_error then
+      task.on_error(msg)
+    else
+      self.failure = self.failure or msg
+    end
+  elseif task.on_done then
+    task.on_done(...)
+  end
+end
+
+local function resume(self, co, ...)
+  local task = self.tasks[co]
+  local function after(ok, ...)
+    if co_status(co) == "dead" then finish_task(self, task, ok, ...) end
+  end
+  after(co_resume(co, ...))
+end
+
+--- Runs fn(...) in a new coroutine at the next turn of the loop. opts:
+--- user (counts for run), on_done(results...), on_error(msg).
+function sched_mt:go(fn, opts, ...)
+  local task = opts or {}
+  local co = co_create(function(...)
+    local function handler(e) return traceback(e, 2) end
+    if task.user then return select(2, assert(xpcall(fn, handler, ...))) end
+    return fn(...)
+  end)
+  task.co = co
+  self.tasks[co] = task
+  if task.user then self.user_tasks = self.user_tasks + 1 end
+  enqueue(self, co, ...)
+  return task
+end
+
+--- Wakes a parked task with the given values (at the next turn).
+function sched_mt:wake(co, ...) enqueue(self, co, ...) end
+
+--- Parks the running task until wake(); returns wake's values.
+function sched_mt:park()
+  if not self:current() then error("enrich: park() outside a task", 2) end
+  return co_yield()
+end
+
+-- Timers: any table with on_timer(self, sched). A sleeping task gets one.
+local sleeper_mt = { __index = { on_timer = function(t, sched) sched:wake(t.co, true) end } }
+
+function sched_mt:at(obj, when) self.timers:push(obj, when) end
+function sched_mt:cancel_timer(obj) return self.timers:remove(obj) end
+
+--- Sleeps the running task for `seconds` (it must be a task: see enrich.sleep).
+function sched_mt:sleep(seconds)
+  local co = co_running()
+  self:at(setmetatable({ co = co }, sleeper_mt), now() + max(seconds or 0, 0))
+  return co_yield()
+end
+
+--- Sends one HTTP request from a task and returns its completion record.
+function sched_mt:transfer(req)
+  local co = co_running()
+  local id = self.engine:submit(req)
+  self.waiting[id] = co
+  return co_yield()
+end
+
+local function run_ready(self)
+  -- Only what was queued before this pass: wakes queued meanwhile wait.
+  local last = self.ready_tail
+  while self.ready_head <= last do
+    local entry = self.ready[self.ready_head]
+    self.ready[self.ready_head] = nil
+    self.ready_head = self.ready_head + 1
+    if co_status(entry[1]) == "suspended" then
+      resume(self, entry[1], unpack(entry, 3, 2 + entry[2]))
+    end
+  end
+end
+
+local function fire_timers(self, t)
+  local timers = self.timers
+  local top = timers:peek()
+  while top and top.at <= t do
+    timers:pop()
+    top:on_timer(self)
+    top = timers:peek()
+  end
+end
+
+--- One turn: runs what is ready, fires due timers, waits for transfers at
+--- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
+--- ready), and wakes whoever a completion belongs to. Returns the number
+--- of live jobs and tasks.
+function sched_mt:step(max_wait)
+  run_ready(self)
+  fire_timers(self, now())
+  run_ready(self)
+  local wait = max_wait or 0
+  if self.ready_head <= self.ready_tail then
+    wait = 0
+  else
+    local top = self.timers:peek()
+    if top then wait = min(wait, max(top.at - now(), 0)) end
+  end
+  local done = self.engine:poll(wait)
+  for i = 1, #done do
+    local c = done[i]
+    local co = self.waiting[c.id]
+    if co then
+      self.waiting[c.id] = nil
+      resume(self, co, c)
+    end
+  end
+  fire_timers(self, now())
+  run_ready(self)
+  return self:live()
+end
+
+function sched_mt:live()
+  return self.live_jobs + self.user_tasks
+end
+
+--- True when nothing at all could wake a parked task any more.
+function sched_mt:idle()
+  return self.ready_head > self.ready_tail and self.timers.n == 0
+     and self.engine:pending() == 0
+end
+
+--- Raises (and clears) the first error of a user task, if any.
+function sched_mt:check_failure(level)
+  local f = self.failure
+  if f then
+    self.failure = nil
+    error(f, (level or 1) + 1)
+  end
+end
+
+--- Runs fn(...) as a task and drives the loop until it and every user task
+--- it spawned have finished. Returns fn's results; raises their errors.
+function sched_mt:run(fn, ...)
+  if type(fn) ~= "function" then error("enrich.run: a function is required", 2) end
+  if self:current() then error("enrich.run: already inside a task; use enrich.spawn", 2) end
+  local results, finished = nil, false
+  self:go(fn, { user = true, on_done = function(...)
+    results, finished = { n = select("#", ...), ... }, true
+  end }, ...)
+  while true do
+    self:step(1)
+    self:check_failure(2)
+    if finished and self.user_tasks == 0 then break end
+    if self:idle() and self.user_tasks > 0 then
+      error("enrich.run: tasks are parked with nothing left to wake them", 2)
+    end
+  end
+  return unpack(results, 1, results.n)
+end
+
+function sched_mt:close()
+  self.engine:close()
+end
+
+return _M
