@@ -94,6 +94,13 @@ describe("sim lance", function()
     assert.equal("timeout", select(2, get(coded("0102"))).status)
   end)
 
+  it("counts a repeated POST as a status read", function()
+    trigger(P2)
+    trigger(P2)
+    local _, r = trigger(P2)
+    assert.equal("finished", r.status)
+  end)
+
   it("creates a fresh record (charged again) after a failed one", function()
     local p = coded("0500")
     local _, a = trigger(p)

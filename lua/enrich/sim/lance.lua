@@ -166,7 +166,8 @@ function _M:create(persons, field)
   local sim = self.sim
   local out, new, cost, seen = {}, {}, 0, {}
   for i, person in ipairs(persons) do
-    local job = self:current(person, field, false)
+    -- A repeated POST doubles as a status read, so it counts as a poll.
+    local job = self:current(person, field, true)
     local live = job and (not job.done or job.status_final == "finished")
     if live then
       out[i] = job
