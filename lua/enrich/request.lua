@@ -87,8 +87,10 @@ local function classify(self, c, req)
   if c.status < 200 or c.status > 299 then return nil, http_error(self, c) end
   local res = { status = c.status, headers = c.headers, json = c.json, body = c.body }
   if req.expect_json ~= false and type(c.json) ~= "table" then
+    -- Retryable: a garbled body is more often a passing fault than a change
+    -- of API, and the requests that may be resent are safe to resend.
     return nil, self:error("protocol", "expected a JSON object or array, got: "
-      .. (c.json_error or excerpt(c.body)), { status = c.status })
+      .. (c.json_error or excerpt(c.body)), { status = c.status, retryable = true })
   end
   return res
 end

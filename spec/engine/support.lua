@@ -1,0 +1,58 @@
+-- Shared by the engine's end-to-end specs: one simulator process per spec
+-- file (bin/enrich-sim on a free loopback port), its control API, and
+-- clients with a fast poll cadence so the specs stay quick.
+local helper = require "helper"
+local cjson = require "cjson"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+local enrich = require "enrich"
+
+local support = {}
+
+function support.start()
+  return helper.spawn("bin/enrich-sim", { "--port", "0" }, { max_seconds = 300 })
+end
+
+--- One call to the simulator's control API; returns the decoded answer.
+function support.control(sim, method, path, body)
+  local out = {}
+  local payload = body and cjson.encode(body) or nil
+  local _, status = http.request {
+    method = method, url = sim.url .. path, sink = ltn12.sink.table(out),
+    source = payload and ltn12.source.string(payload) or nil,
+    headers = payload and { ["Content-Type"] = "application/json", ["Content-Length"] = #payload } or nil,
+  }
+  local text = table.concat(out)
+  assert(status == 200, "control " .. method .. " " .. path .. ": " .. tostring(status) .. " " .. text)
+  return cjson.decode(text)
+end
+
+function support.reset(sim) return support.control(sim, "POST", "/_sim/reset") end
+function support.configure(sim, t) return support.control(sim, "POST", "/_sim/config", t) end
+function support.fault(sim, t) return support.control(sim, "POST", "/_sim/faults", t) end
+function support.stats(sim, provider)
+  return support.control(sim, "GET", "/_sim/stats").providers[provider]
+end
+
+-- Fast cadence for specs: polls every few milliseconds, short deadlines.
+support.FAST = {
+  poll = { interval = 0.01, factor = 1, max_interval = 0.05, jitter = 0, deadline = 5 },
+  retry = { attempts = 4, base = 0.01, cap = 0.05 },
+}
+
+--- A client of `provider` on the simulator; opts override the defaults.
+function support.client(sim, provider, opts)
+  local o = { api_key = "spec-key", base_url = sim.url .. "/" .. provider,
+              poll = support.FAST.poll, retry = support.FAST.retry }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return assert(enrich.client(provider, o))
+end
+
+--- Submits and waits (bounded); returns the finished job.
+function support.run_job(client, inputs, opts)
+  local job = assert(client:submit(inputs, opts))
+  assert(job:wait(20), "job did not finish")
+  return job
+end
+
+return support
