@@ -108,6 +108,25 @@ describe("enrich.sim.httpd", function()
     c:close()
   end)
 
+  it("reads a 4 MiB request body sent in pieces", function()
+    local body = string.rep("0123456789abcdef", 256 * 1024)
+    local c = assert(socket.tcp())
+    assert(c:connect("127.0.0.1", srv.port))
+    c:settimeout(0)
+    assert(c:send("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: " .. #body .. "\r\n\r\n"))
+    local i = 1
+    for _ = 1, 100000 do   -- the server must read while we write
+      if i > #body then break end
+      local last, _, partial = c:send(body, i)
+      i = (last or partial) + 1
+      srv:step(0)
+    end
+    local r = exchange(srv, nil, { client = c, limit = 10 })
+    assert.equal(200, r.status)
+    assert.equal(#body, #cjson.decode(r.body).body)
+    c:close()
+  end)
+
   it("keeps the connection alive for a second request", function()
     local r1, _, closed, _, c = exchange(srv, "GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
     assert.is_false(closed)

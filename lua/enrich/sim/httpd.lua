@@ -97,19 +97,24 @@ local function sleep(conn, seconds)
   end
 end
 
--- Reads more bytes into conn.buf; false on EOF, error or deadline.
-local function fill(conn, deadline)
+-- Reads the next bytes available; nil on EOF, error or deadline.
+local function read_some(conn, deadline)
   local sock = conn.sock
   while true do
     local data, err, partial = sock:receive(65536)
     local got = data or partial
-    if got and #got > 0 then
-      conn.buf = conn.buf .. got
-      return true
-    end
-    if err ~= "timeout" then return false end
-    if not wait(conn, "r", deadline) then return false end
+    if got and #got > 0 then return got end
+    if err ~= "timeout" then return nil end
+    if not wait(conn, "r", deadline) then return nil end
   end
+end
+
+-- Appends the next bytes to conn.buf; false on EOF, error or deadline.
+local function fill(conn, deadline)
+  local got = read_some(conn, deadline)
+  if not got then return false end
+  conn.buf = conn.buf .. got
+  return true
 end
 
 -- Sends all of s; false when the peer is gone or the deadline passes.
@@ -305,12 +310,18 @@ local function serve(conn)
       if not send_all(conn, "HTTP/1.1 100 Continue\r\n\r\n") then return end
     end
     -- Body.
+    -- Big bodies arrive in pieces: collect them, join once.
     local body_deadline = gettime() + opts.io_timeout
-    while #conn.buf < length do
-      if not fill(conn, body_deadline) then return end
+    local parts, have = { conn.buf }, #conn.buf
+    while have < length do
+      local got = read_some(conn, body_deadline)
+      if not got then return end
+      parts[#parts + 1] = got
+      have = have + #got
     end
-    req.body = conn.buf:sub(1, length)
-    conn.buf = conn.buf:sub(length + 1)
+    local all = concat(parts)
+    req.body = all:sub(1, length)
+    conn.buf = all:sub(length + 1)
 
     local conn_hdr = (h.connection or ""):lower()
     local keep_alive
