@@ -12,7 +12,7 @@ local co_create, co_resume, co_yield, co_running, co_status =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
 local traceback = debug.traceback
 local unpack = table.unpack or unpack
-local select, error, type, min, max = select, error, type, math.min, math.max
+local select, error, type, pairs, min, max = select, error, type, pairs, math.min, math.max
 local now = core.now
 
 local _M = { _VERSION = "0.1.0" }
@@ -69,6 +69,7 @@ end
 
 local function resume(self, co, ...)
   local task = self.tasks[co]
+  if not task then return end            -- abandoned (see run): never resumed again
   local function after(ok, ...)
     if co_status(co) == "dead" then finish_task(self, task, ok, ...) end
   end
@@ -183,11 +184,21 @@ function sched_mt:idle()
      and self.engine:pending() == 0
 end
 
---- Raises (and clears) the first error of a user task, if any.
+-- Forgets every user task: after run() raised, none of them may run on.
+local function abandon_user_tasks(self)
+  for co, task in pairs(self.tasks) do
+    if task.user then self.tasks[co] = nil end
+  end
+  self.user_tasks = 0
+end
+
+--- Raises (and clears) the first error of a user task, if any; the other
+--- user tasks are abandoned (the caller gets the error, not half a run).
 function sched_mt:check_failure(level)
   local f = self.failure
   if f then
     self.failure = nil
+    abandon_user_tasks(self)
     error(f, (level or 1) + 1)
   end
 end
@@ -206,6 +217,7 @@ function sched_mt:run(fn, ...)
     self:check_failure(2)
     if finished and self.user_tasks == 0 then break end
     if self:idle() and self.user_tasks > 0 then
+      abandon_user_tasks(self)
       error("enrich.run: tasks are parked with nothing left to wake them", 2)
     end
   end

@@ -1,0 +1,125 @@
+-- The loop and the public task API: run, spawn, sleep, tick, job waits.
+local enrich = require "enrich"
+local support = require "engine.support"
+
+describe("enrich.run", function()
+  it("returns the function's results after its spawned tasks finish", function()
+    local order = {}
+    local a, b = enrich.run(function(x)
+      enrich.spawn(function() enrich.sleep(0.05); order[#order + 1] = "child" end)
+      order[#order + 1] = "parent"
+      return x, "two"
+    end, "one")
+    assert.equal("one", a)
+    assert.equal("two", b)
+    assert.same({ "parent", "child" }, order)
+  end)
+
+  it("raises an error from the function or from any task it spawned", function()
+    assert.has_error(function() enrich.run(function() error("boom") end) end)
+    local ok, err = pcall(enrich.run, function()
+      enrich.spawn(function() enrich.sleep(0.01); error("child failed") end)
+      enrich.sleep(0.2)
+    end)
+    assert.is_false(ok)
+    assert.matches("child failed", err)
+  end)
+
+  it("sleeps tasks concurrently, not one after the other", function()
+    local t0 = require("enrich.core").now()
+    enrich.run(function()
+      for _ = 1, 50 do enrich.spawn(enrich.sleep, 0.1) end
+    end)
+    assert.is_true(require("enrich.core").now() - t0 < 2)
+  end)
+
+  it("refuses what is not a function, and a nested run", function()
+    assert.has_error(function() enrich.run(42) end)
+    assert.has_error(function() enrich.spawn("x") end)
+    local ok, err = pcall(enrich.run, function() enrich.run(function() end) end)
+    assert.is_false(ok)
+    assert.matches("already inside a task", err)
+  end)
+
+  it("reports tasks parked forever instead of hanging", function()
+    assert.has_error(function()
+      enrich.run(function() coroutine.yield() end)
+    end)
+  end)
+end)
+
+describe("jobs and the loop", function()
+  local sim
+  setup(function() sim = support.start() end)
+  teardown(function() if sim then sim:stop() end end)
+  before_each(function() support.reset(sim) end)
+
+  local function slow_client(polls)
+    support.configure(sim, { tamtam = { polls = polls, rate_limit = false } })
+    return support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
+  end
+
+  it("tick() never blocks and counts live jobs down to zero", function()
+    local client = slow_client(3)
+    local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
+    assert.equal(1, enrich.tick())
+    local frames = 0
+    while enrich.tick() > 0 and frames < 2000 do
+      frames = frames + 1
+      require("socket").sleep(0.002)
+    end
+    assert.equal("succeeded", job.state)
+    assert.is_true(frames > 1)
+  end)
+
+  it("wait(timeout) gives a timeout error while the job goes on", function()
+    local client = slow_client(1000)
+    local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
+    local none, err = job:wait(0.1)
+    assert.is_nil(none)
+    assert.equal("timeout", err.code)
+    assert.is_false(job:done())
+    job:cancel()
+    assert.equal("cancelled", job.state)
+  end)
+
+  it("waits inside tasks by yielding, with the same timeout semantics", function()
+    local client = slow_client(2)
+    local states = enrich.run(function()
+      local quick = assert(client:submit({ { first_name = "A", last_name = "B" } }))
+      local hang = assert(client:submit({ { first_name = "C", last_name = "Jobhang" } }))
+      local _, err = hang:wait(0.1)
+      assert(quick:wait())
+      hang:cancel()
+      return { quick.state, err.code, hang.state }
+    end)
+    assert.same({ "succeeded", "timeout", "cancelled" }, states)
+  end)
+
+  it("refresh() polls now instead of waiting for the cadence", function()
+    support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
+    local client = support.client(sim, "tamtam", { poll = { interval = 30, deadline = 60 } })
+    local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
+    enrich.sleep(0.05)                   -- submitted, next poll 30 s away
+    assert.equal("running", job.state)
+    job:refresh()                        -- the first poll: still processing
+    job:refresh()                        -- the second: done
+    assert.equal("succeeded", job.state)
+  end)
+
+  it("runs a thousand jobs concurrently in one thread", function()
+    local client = slow_client(2)
+    local jobs = {}
+    enrich.run(function()
+      for i = 1, 1000 do
+        jobs[i] = assert(client:submit({ { first_name = "P" .. i, last_name = "Person" } }))
+      end
+      for i = 1, 1000 do assert(jobs[i]:wait(30)) end
+    end)
+    for i = 1, 1000 do
+      assert.equal("succeeded", jobs[i].state)
+      assert.matches("^p" .. i .. "%.", jobs[i].results[1].email)
+    end
+    assert.same({}, support.stats(sim, "tamtam").duplicates)
+  end)
+end)
