@@ -1,7 +1,7 @@
 -- The provider registry: names → provider files (plain Lua tables). The five
 -- built-in ones load on first use from enrich/providers/<name>.lua; users add
 -- their own with register(name, spec), or pass a spec table to enrich.client.
-local type, pairs, pcall, require, tostring = type, pairs, pcall, require, tostring
+local type, ipairs, pcall, require, tostring = type, ipairs, pcall, require, tostring
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -10,24 +10,23 @@ _M.BUILTIN = BUILTIN
 
 local registry = {}
 
--- What a provider file must have, and the type of what it may have.
-local REQUIRED = { base_url = "string", prepare = "function", submit = "function", check = "function" }
-local OPTIONAL = {
-  name = "string", batch_size = "number", kinds = "table", options = "table",
-  poll = "table", retry = "table", rate = "table", auth = "function",
-  cancel = "function", error = "function", idempotent_submit = "boolean",
+-- What a provider file must have, then what it may have, with their types;
+-- in a fixed order so the same mistake always gets the same message.
+local FIELDS = {
+  { "base_url", "string", true }, { "prepare", "function", true },
+  { "submit", "function", true }, { "check", "function", true },
+  { "name", "string" }, { "batch_size", "number" }, { "kinds", "table" },
+  { "options", "table" }, { "poll", "table" }, { "retry", "table" },
+  { "rate", "table" }, { "auth", "function" }, { "cancel", "function" },
+  { "error", "function" }, { "idempotent_submit", "boolean" },
 }
 
 --- Raises with a clear message when spec is not a usable provider table.
 function _M.validate(spec, name)
   if type(spec) ~= "table" then error("provider '" .. tostring(name) .. "' must be a table", 3) end
-  for k, t in pairs(REQUIRED) do
-    if type(spec[k]) ~= t then
-      error("provider '" .. tostring(name) .. "': '" .. k .. "' must be a " .. t, 3)
-    end
-  end
-  for k, t in pairs(OPTIONAL) do
-    if spec[k] ~= nil and type(spec[k]) ~= t then
+  for _, f in ipairs(FIELDS) do
+    local k, t, required = f[1], f[2], f[3]
+    if (required or spec[k] ~= nil) and type(spec[k]) ~= t then
       error("provider '" .. tostring(name) .. "': '" .. k .. "' must be a " .. t, 3)
     end
   end

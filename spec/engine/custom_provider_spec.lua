@@ -1,0 +1,64 @@
+-- Providers written by users: registration, validation, and a full run.
+local enrich = require "enrich"
+local support = require "engine.support"
+
+describe("custom providers", function()
+  local sim
+  setup(function() sim = support.start() end)
+  teardown(function() if sim then sim:stop() end end)
+  before_each(function() support.reset(sim) end)
+
+  local acme = dofile("examples/providers/acme_phones.lua")
+
+  it("refuses provider tables that cannot work, with a clear message", function()
+    local cases = {
+      { 42, "must be a table" },
+      { {}, "'base_url' must be a string" },
+      { { base_url = "http://x", prepare = print, submit = print }, "'check' must be a function" },
+      { { base_url = "http://x", prepare = print, submit = print, check = print, batch_size = 0 }, "batch_size" },
+      { { base_url = "http://x", prepare = print, submit = print, check = print, rate = 5 }, "'rate' must be a table" },
+    }
+    for _, case in ipairs(cases) do
+      local ok, err = pcall(enrich.providers.register, "broken", case[1])
+      assert.is_false(ok)
+      assert.matches(case[2], err)
+    end
+    assert.has_error(function() enrich.providers.register(nil, acme) end)
+  end)
+
+  it("answers an unknown provider name with 'unsupported'", function()
+    local client, err = enrich.client("nosuch", { api_key = "k" })
+    assert.is_nil(client)
+    assert.equal("unsupported", err.code)
+  end)
+
+  it("runs a registered provider from a user's file end to end, in batches", function()
+    enrich.providers.register("acme_phones", acme)
+    local client = assert(enrich.client("acme_phones", {
+      api_key = "k", base_url = sim.url .. "/tamtam", poll = support.FAST.poll,
+      rate = { per_second = 1000, burst = 1000 },
+    }))
+    local inputs = {}
+    for i = 1, 60 do
+      inputs[i] = { linkedin_url = "https://www.linkedin.com/in/p" .. i .. (i % 10 == 0 and "-notfound" or ""),
+                    custom = { row = i } }
+    end
+    local job = support.run_job(client, inputs)
+    assert.equal("succeeded", job.state)
+    assert.equal("acme_phones", job.provider)
+    assert.equal(54, job.counts.found)
+    assert.equal(6, job.counts.not_found)
+    for i = 1, 60 do assert.equal(i, job.results[i].custom.row) end
+    assert.equal(3, support.stats(sim, "tamtam").requests["POST /v2/people/enrich"])
+  end)
+
+  it("takes a provider table directly, without registering it", function()
+    local client = assert(enrich.client(acme, { api_key = "k", base_url = sim.url .. "/tamtam",
+                                                poll = support.FAST.poll }))
+    local job = support.run_job(client, { { linkedin_url = "https://www.linkedin.com/in/ada" } })
+    assert.equal("found", job.results[1].status)
+    local _, err = client:submit({ { first_name = "no url" } })
+    assert.equal("invalid", err.code)
+    assert.matches("linkedin_url", err.message)
+  end)
+end)
