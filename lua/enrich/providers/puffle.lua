@@ -281,6 +281,12 @@ function P.cancel(ctx, part)
   return true
 end
 
+-- A JSON number as text, integers without the ".0" decoders give them.
+local function num(n)
+  if type(n) == "number" and n == floor(n) and n > -1e15 and n < 1e15 then return format("%d", n) end
+  return tostring(n)
+end
+
 -- { error }, { reason }, { required, balance }, { message }.
 function P.error(c)
   local b = type(c.json) == "table" and c.json or {}
@@ -292,8 +298,8 @@ function P.error(c)
     fields.code = "credits"
     fields.unprocessed = true                    -- nothing is created when the balance is short
     if type(b.required) == "number" then
-      msg = (msg and (msg .. ": ") or "") .. "needs " .. b.required .. " credits, balance "
-        .. tostring(N.value(b.balance))
+      msg = (msg and (msg .. ": ") or "") .. "needs " .. num(b.required) .. " credits, balance "
+        .. num(N.value(b.balance))
     end
   end
   return msg, reason or (type(b.error) == "string" and N.text(b.error)) or nil, fields
