@@ -129,7 +129,7 @@ function P.record_item(r)
   local code = ITEM_ERROR[status]
   if not code then return nil end                -- not a documented status
   return { status = "failed", raw = r,
-           error = errors.new(code, N.message(r.error) or ("enrichment " .. status),
+           error = errors.new(code, N.text(r.error) or ("enrichment " .. status),
                               { provider = "lance", provider_code = status, retryable = false }) }
 end
 

@@ -50,6 +50,12 @@ local KIND_OF = { work_email = "email", phone_number = "phone" }
 local PAGE = 100                                 -- items page size (documented maximum)
 ---------------------------------------------------------------------------
 
+-- The text of an error value: "…" or { message = "…" }; nil otherwise.
+local function message_of(v)
+  if type(v) == "table" then return N.text(v.message) end
+  return N.text(v)
+end
+
 local RUN_STATES = { pending = false, running = false, completed = true, failed = true, cancelled = true }
 
 --- { id = <lead id> } -> { id, slug, kind }; nil and a reason otherwise.
@@ -148,7 +154,7 @@ function P.item(it, kind)
     local e = N.value(it.error)
     local details = type(e) == "table" and N.value(e.details)
     return { status = "failed", raw = it,
-             error = errors.new("server", N.message(e) or "item failed", {
+             error = errors.new("server", message_of(e) or "item failed", {
                provider = "puffle", retryable = false,
                provider_code = type(details) == "table" and N.text(details.code) or nil }) }
   end
@@ -245,7 +251,7 @@ function P.check(ctx, part)
   if run.status == "failed" then
     local e = N.value(run.error)
     local details = type(e) == "table" and N.value(e.details)
-    part.error = ctx:error("server", N.message(e) or "puffle reports the run failed",
+    part.error = ctx:error("server", message_of(e) or "puffle reports the run failed",
       { provider_code = type(details) == "table" and N.text(details.code) or "failed", retryable = false })
     return true
   end
@@ -291,7 +297,7 @@ end
 function P.error(c)
   local b = type(c.json) == "table" and c.json or {}
   local reason = N.text(b.reason)
-  local err = N.message(N.value(b.error))
+  local err = message_of(b.error)
   local msg = err or N.text(b.message) or reason
   local fields = {}
   if type(b.required) == "number" or c.status == 402 then
