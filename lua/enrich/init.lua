@@ -42,7 +42,7 @@ function _M.run(fn, ...) return _M.scheduler():run(fn, ...) end
 --- Starts fn(...) as a task (inside run, or driven by tick/wait).
 function _M.spawn(fn, ...)
   if type(fn) ~= "function" then error("enrich.spawn: a function is required", 2) end
-  return _M.scheduler():go(fn, { user = true }, ...)
+  return _M.scheduler():go(fn, nil, ...)
 end
 
 --- Waits `seconds`: yields inside a task, drives the loop outside one.

@@ -109,17 +109,16 @@ end
 
 -- A Lua error inside a provider step: the body did not look as documented
 -- (or the mapping has a bug). Either way the job fails, loudly and once.
-local function step_failed(job)
-  return function(msg)
-    if job:done() then return end
-    local e = errors.new("protocol", "provider mapping failed: " .. tostring(msg):match("^[^\n]*"),
-                         { provider = job.provider })
-    for _, part in ipairs(job.parts) do
-      if not part.done then part.error, part.done = e, true end
-    end
-    finish(job, nil, e)
+local function step_failed(msg, job)
+  if job:done() then return end
+  local e = errors.new("protocol", "provider mapping failed: " .. tostring(msg):match("^[^\n]*"),
+                       { provider = job.provider })
+  for _, part in ipairs(job.parts) do
+    if not part.done then part.error, part.done = e, true end
   end
+  finish(job, nil, e)
 end
+local STEP = { on_error = step_failed }
 
 local function schedule_poll(job, hint)
   local p = job.client.poll
@@ -172,7 +171,7 @@ end
 
 -- The heap calls this when the next poll is due.
 function job_mt:on_timer(sched)
-  sched:go(check_all, { on_error = step_failed(self) }, self)
+  sched:step_task(check_all, self, STEP)
 end
 
 local function submit_all(job)
@@ -210,7 +209,7 @@ end
 function job_mt:start()
   self.deadline = self.sched.now() + self.client.poll.deadline
   self.sched.live_jobs = self.sched.live_jobs + 1
-  self.sched:go(submit_all, { on_error = step_failed(self) }, self)
+  self.sched:step_task(submit_all, self, STEP)
   return self
 end
 
@@ -293,7 +292,7 @@ function job_mt:cancel()
     else
       local over = false
       local function done() over = true end
-      sched:go(cancel_at_provider, { on_done = done, on_error = done }, self)
+      sched:step_task(cancel_at_provider, self, { on_done = done, on_error = done })
       local limit = sched.now() + 60            -- bounded, whatever the provider does
       while not over and sched.now() < limit do sched:step(0.5) end
     end

@@ -19,16 +19,30 @@ local _M = { _VERSION = "0.1.0" }
 local sched_mt = {}
 sched_mt.__index = sched_mt
 
---- A new loop. opts.core: options for enrich.core's engine.
+-- Transfers handed to libcurl at once per host; the rest wait here in FIFO
+-- order. libcurl could queue them itself, but its bookkeeping of queued
+-- handles grows with their number (removal walks them all), and thousands
+-- of jobs must not cost more per request than ten.
+_M.DEFAULT_PER_HOST = 32
+
+--- A new loop. opts.core: options for enrich.core's engine; opts.per_host:
+--- transfers in flight per host (default 32, also libcurl's connection cap).
 function _M.new(opts)
   opts = opts or {}
-  local engine, err = core.new(opts.core)
+  local per_host = opts.per_host or _M.DEFAULT_PER_HOST
+  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host }
+  for k, v in pairs(opts.core or {}) do core_opts[k] = v end
+  local engine, err = core.new(core_opts)
   if not engine then return nil, err end
   return setmetatable({
     engine = engine,
+    per_host = per_host,
+    hosts = {},          -- host -> { n = in flight, queue of parked coroutines }
+    host_of = {},        -- transfer id -> host
     timers = heap.new(),
     waiting = {},        -- transfer id -> coroutine
-    ready = {}, ready_head = 1, ready_tail = 0,
+    ready = {}, ready_val = {}, ready_head = 1, ready_tail = 0,
+    pool = {},           -- idle worker coroutines for engine steps
     tasks = {},          -- coroutine -> task record, for every task we run
     user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
     live_jobs = 0,       -- jobs not yet terminal
@@ -44,58 +58,97 @@ function sched_mt:current()
   return co and self.tasks[co]
 end
 
-local function enqueue(self, co, ...)
+-- The ready queue: coroutines to resume at the next turn, each with at most
+-- one value (two parallel arrays: no table per wake).
+local NONE = {}
+
+local function enqueue(self, co, value)
   local t = self.ready_tail + 1
   self.ready_tail = t
-  self.ready[t] = { co, select("#", ...), ... }
+  self.ready[t] = co
+  self.ready_val[t] = value == nil and NONE or value
 end
 
 local function finish_task(self, task, ok, ...)
   self.tasks[task.co] = nil
   if task.user then self.user_tasks = self.user_tasks - 1 end
   if not ok then
-    local msg = ...
-    if task.user or task.strict then
-      self.failure = self.failure or msg
-    elseif task.on_error then
-      task.on_error(msg)
-    else
-      self.failure = self.failure or msg
-    end
+    if task.on_error then task.on_error(..., task.arg) else self.failure = self.failure or ... end
   elseif task.on_done then
     task.on_done(...)
   end
 end
 
-local function resume(self, co, ...)
-  local task = self.tasks[co]
-  if not task then return end            -- abandoned (see run): never resumed again
-  local function after(ok, ...)
-    if co_status(co) == "dead" then finish_task(self, task, ok, ...) end
-  end
-  after(co_resume(co, ...))
+local function after_resume(self, co, task, ok, ...)
+  if co_status(co) == "dead" then finish_task(self, task, ok, ...) end
 end
 
---- Runs fn(...) in a new coroutine at the next turn of the loop. opts:
---- user (counts for run), on_done(results...), on_error(msg).
-function sched_mt:go(fn, opts, ...)
-  local task = opts or {}
-  local co = co_create(function(...)
-    local function handler(e) return traceback(e, 2) end
-    if task.user then return select(2, assert(xpcall(fn, handler, ...))) end
-    return fn(...)
+local function resume(self, co, value)
+  local task = self.tasks[co]
+  if not task then return end            -- abandoned (see run) or idle: never resumed
+  if value == NONE then value = nil end
+  return after_resume(self, co, task, co_resume(co, value))
+end
+
+-- Engine steps (a job's submit, a poll, a cancel) run on pooled worker
+-- coroutines: a step is short, and jobs take many of them. A worker parks
+-- with IDLE between steps; its task record says what to run next.
+local IDLE = {}
+local POOL_MAX = 256
+
+local function new_worker(self)
+  local co
+  co = co_create(function(task)
+    while true do
+      local ok, err = pcall(task.fn, task.arg)
+      self.tasks[co] = nil
+      if not ok then
+        if task.on_error then task.on_error(err, task.arg) else self.failure = self.failure or err end
+      elseif task.on_done then
+        task.on_done()
+      end
+      if #self.pool >= POOL_MAX then return end
+      self.pool[#self.pool + 1] = co
+      task = co_yield(IDLE)
+    end
   end)
+  return co
+end
+
+--- Runs fn(arg) as an engine step at the next turn of the loop. opts may
+--- carry on_done() and on_error(msg, arg); an error without on_error is
+--- raised from run()/tick().
+function sched_mt:step_task(fn, arg, opts)
+  local task = { fn = fn, arg = arg }
+  if opts then task.on_done, task.on_error = opts.on_done, opts.on_error end
+  local pool = self.pool
+  local co = pool[#pool]
+  if co then pool[#pool] = nil else co = new_worker(self) end
   task.co = co
   self.tasks[co] = task
-  if task.user then self.user_tasks = self.user_tasks + 1 end
-  enqueue(self, co, ...)
+  enqueue(self, co, task)
   return task
 end
 
---- Wakes a parked task with the given values (at the next turn).
-function sched_mt:wake(co, ...) enqueue(self, co, ...) end
+--- Runs fn(...) as a user task (counted by run(); errors carry a traceback).
+function sched_mt:go(fn, opts, ...)
+  local task = opts or {}
+  local args = { n = select("#", ...), ... }
+  local co = co_create(function()
+    local function handler(e) return traceback(e, 2) end
+    return select(2, assert(xpcall(fn, handler, unpack(args, 1, args.n))))
+  end)
+  task.co, task.user = co, true
+  self.tasks[co] = task
+  self.user_tasks = self.user_tasks + 1
+  enqueue(self, co)
+  return task
+end
 
---- Parks the running task until wake(); returns wake's values.
+--- Wakes a parked task with one value (at the next turn).
+function sched_mt:wake(co, value) enqueue(self, co, value) end
+
+--- Parks the running task until wake(); returns wake's value.
 function sched_mt:park()
   if not self:current() then error("enrich: park() outside a task", 2) end
   return co_yield()
@@ -117,21 +170,45 @@ end
 --- Sends one HTTP request from a task and returns its completion record.
 function sched_mt:transfer(req)
   local co = co_running()
+  local host = req.url:match("^%a+://([^/?#]*)") or ""
+  local h = self.hosts[host]
+  if not h then
+    h = { n = 0, head = 1, tail = 0 }
+    self.hosts[host] = h
+  end
+  if h.n >= self.per_host then          -- wait for a slot on this host
+    h.tail = h.tail + 1
+    h[h.tail] = co
+    co_yield()
+  end
+  h.n = h.n + 1
   local id = self.engine:submit(req)
   self.waiting[id] = co
+  self.host_of[id] = host
   return co_yield()
+end
+
+-- A transfer to `host` is over: its slot goes to the next task in line.
+local function release(self, host)
+  local h = self.hosts[host]
+  h.n = h.n - 1
+  while h.head <= h.tail do
+    local co = h[h.head]
+    h[h.head] = nil
+    h.head = h.head + 1
+    if self.tasks[co] then return enqueue(self, co) end
+  end
 end
 
 local function run_ready(self)
   -- Only what was queued before this pass: wakes queued meanwhile wait.
-  local last = self.ready_tail
+  local last, ready, vals = self.ready_tail, self.ready, self.ready_val
   while self.ready_head <= last do
-    local entry = self.ready[self.ready_head]
-    self.ready[self.ready_head] = nil
-    self.ready_head = self.ready_head + 1
-    if co_status(entry[1]) == "suspended" then
-      resume(self, entry[1], unpack(entry, 3, 2 + entry[2]))
-    end
+    local i = self.ready_head
+    local co, value = ready[i], vals[i]
+    ready[i], vals[i] = nil, nil
+    self.ready_head = i + 1
+    if co_status(co) == "suspended" then resume(self, co, value) end
   end
 end
 
@@ -166,6 +243,8 @@ function sched_mt:step(max_wait)
     local co = self.waiting[c.id]
     if co then
       self.waiting[c.id] = nil
+      release(self, self.host_of[c.id])
+      self.host_of[c.id] = nil
       resume(self, co, c)
     end
   end
@@ -182,6 +261,13 @@ end
 function sched_mt:idle()
   return self.ready_head > self.ready_tail and self.timers.n == 0
      and self.engine:pending() == 0
+end
+
+--- Transfers in flight plus those waiting for a slot.
+function sched_mt:transfers()
+  local n = self.engine:pending()
+  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) end
+  return n
 end
 
 -- Forgets every user task: after run() raised, none of them may run on.
@@ -209,7 +295,7 @@ function sched_mt:run(fn, ...)
   if type(fn) ~= "function" then error("enrich.run: a function is required", 2) end
   if self:current() then error("enrich.run: already inside a task; use enrich.spawn", 2) end
   local results, finished = nil, false
-  self:go(fn, { user = true, on_done = function(...)
+  self:go(fn, { on_done = function(...)
     results, finished = { n = select("#", ...), ... }, true
   end }, ...)
   while true do
