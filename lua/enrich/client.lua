@@ -24,13 +24,17 @@ local OPTIONS = {
 local shared = setmetatable({}, { __mode = "k" })
 local by_key = {}
 
-local function shared_state(spec, key, rate)
+-- A client that sets `rate` itself sets it for the key: the provider counts
+-- per key, so one bucket per key, with the latest explicit setting.
+local function shared_state(spec, key, rate, explicit)
   local id = spec.name .. "\0" .. key
   local s = by_key[id]
   if not s then
     s = { bucket = rate and ratelimit.new(rate.per_second, rate.burst) }
     by_key[id] = s
     shared[s] = true
+  elseif explicit then
+    s.bucket = ratelimit.new(rate.per_second, rate.burst)
   end
   return s
 end
@@ -78,7 +82,7 @@ function _M.new(sched, name_or_spec, opts)
     h.Accept = h.Accept or "application/json"
     return h
   end
-  c.shared = shared_state(spec, key, rate)
+  c.shared = shared_state(spec, key, rate, opts.rate ~= nil)
   return c
 end
 

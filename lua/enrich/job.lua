@@ -148,6 +148,7 @@ local function check_all(job)
       end
       hint = part.retry_after and max(hint or 0, part.retry_after) or hint
       part.retry_after = nil
+      if part.raw ~= nil then job.raw = part.raw end    -- the last status body seen
     end
   end
   job.checking = false
