@@ -14,6 +14,8 @@ client_mt.__index = client_mt
 -- Never print a key: a client shows only its provider.
 client_mt.__tostring = function(c) return "enrich.client(" .. c.spec.name .. ")" end
 
+local NO_OPTIONS = setmetatable({}, { __newindex = function() error("submit options are read-only", 2) end })
+
 local OPTIONS = {
   api_key = "string", base_url = "string", poll = "table", retry = "table",
   rate = "table", timeout = "number", connect_timeout = "number", max_body = "number",
@@ -116,7 +118,7 @@ function client_mt:submit(inputs, opts)
       error("submit: inputs must be an array (found key '" .. tostring(k) .. "')", 2)
     end
   end
-  opts = opts or {}
+  opts = opts or NO_OPTIONS
   if type(opts) ~= "table" then error("submit: options must be a table", 2) end
   local allowed = self.spec.options or {}
   for k in pairs(opts) do

@@ -4,7 +4,8 @@
 -- result item per input, in input order.
 --
 -- Between polls a job is only an entry in the scheduler's timer heap (it is
--- its own heap node); a coroutine exists only while a step does HTTP.
+-- its own heap node); a coroutine exists only while a step does HTTP. A
+-- waiting job keeps at most 16 fields, so Lua sizes its table at 16 slots.
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local request = require "enrich.request"
@@ -28,16 +29,20 @@ end
 function _M.new(client, inputs, prepared, opts)
   local size = client.spec.batch_size or #prepared
   local parts = {}
-  for first = 1, #prepared, size do
-    local part = { first = first, inputs = {}, items = {} }
-    for i = first, min(first + size - 1, #prepared) do part.inputs[#part.inputs + 1] = prepared[i] end
-    parts[#parts + 1] = part
+  if #prepared <= size then
+    parts[1] = { first = 1, inputs = prepared, items = {} }   -- one part: no copy
+  else
+    for first = 1, #prepared, size do
+      local part = { first = first, inputs = {}, items = {} }
+      for i = first, min(first + size - 1, #prepared) do part.inputs[#part.inputs + 1] = prepared[i] end
+      parts[#parts + 1] = part
+    end
   end
   local t = os_time()
   return setmetatable({
     provider = client.spec.name, state = "queued",
     created_at = iso(t), updated_at = iso(t),
-    client = client, sched = client.sched, inputs = inputs, opts = opts,
+    client = client, inputs = inputs, opts = opts,
     parts = parts, polls = 0,
   }, job_mt)
 end
@@ -47,7 +52,7 @@ function job_mt:done() return TERMINAL[self.state] == true end
 -- Wakes everyone waiting for this job, or for its next check.
 local function wake_all(job, list, ...)
   if not list then return end
-  for _, co in ipairs(list) do job.sched:wake(co, ...) end
+  for _, co in ipairs(list) do job.client.sched:wake(co, ...) end
 end
 
 local function item_for(job, part, k, index)
@@ -70,7 +75,7 @@ end
 -- cancelled; otherwise the parts decide.
 local function finish(job, forced, err)
   if job:done() then return end
-  job.sched:cancel_timer(job)
+  job.client.sched:cancel_timer(job)
   job.state = forced or "running"
   local results, counts = {}, { total = #job.inputs, found = 0, not_found = 0, failed = 0, pending = 0 }
   local part_errors, parts_ok, credits = 0, 0, nil
@@ -100,7 +105,7 @@ local function finish(job, forced, err)
   job.error = err
   local t = iso(os_time())
   job.updated_at, job.finished_at = t, t
-  job.sched.live_jobs = job.sched.live_jobs - 1
+  job.client.sched.live_jobs = job.client.sched.live_jobs - 1
   local waiters, checks = job.waiters, job.check_waiters
   job.waiters, job.check_waiters = nil, nil
   wake_all(job, waiters, true)
@@ -122,16 +127,16 @@ local STEP = { on_error = step_failed }
 
 local function schedule_poll(job, hint)
   local p = job.client.poll
-  local now = job.sched.now()
+  local now = job.client.sched.now()
   local delay = policy.poll_delay(p, job.polls, hint)
   -- Never sleep past the deadline: one last look right at it.
   if now + delay > job.deadline then delay = max(job.deadline - now, 0) end
-  job.sched:at(job, now + delay)
+  job.client.sched:at(job, now + delay)
 end
 
 local function check_all(job)
   if job:done() then return end
-  job.checking = true
+  job.checking = true                   -- nil again after: a waiting job keeps no slot for it
   local spec, ctx = job.client.spec, request.new(job.client, job)
   local hint
   for _, part in ipairs(job.parts) do
@@ -151,7 +156,7 @@ local function check_all(job)
       if part.raw ~= nil then job.raw = part.raw end    -- the last status body seen
     end
   end
-  job.checking = false
+  job.checking = nil
   if job:done() then return end          -- cancelled meanwhile
   job.polls = job.polls + 1
   touch(job)
@@ -161,7 +166,7 @@ local function check_all(job)
   job.check_waiters = nil
   if all then
     finish(job)
-  elseif job.sched.now() >= job.deadline then
+  elseif job.client.sched.now() >= job.deadline then
     finish(job, "timed_out", errors.new("timeout", "no terminal status before the poll deadline",
                                         { provider = job.provider, retryable = true }))
   else
@@ -208,16 +213,16 @@ end
 
 --- Starts submitting at the next turn of the loop.
 function job_mt:start()
-  self.deadline = self.sched.now() + self.client.poll.deadline
-  self.sched.live_jobs = self.sched.live_jobs + 1
-  self.sched:step_task(submit_all, self, STEP)
+  self.deadline = self.client.sched.now() + self.client.poll.deadline
+  self.client.sched.live_jobs = self.client.sched.live_jobs + 1
+  self.client.sched:step_task(submit_all, self, STEP)
   return self
 end
 
 -- Waits (yielding in a task, driving the loop otherwise) until pred() or
 -- `timeout` seconds; `list` names the job's waiter list to join.
 local function wait_for(job, list, pred, timeout)
-  local sched = job.sched
+  local sched = job.client.sched
   if pred() then return true end
   local deadline = timeout and sched.now() + timeout
   if sched:current() then
@@ -264,8 +269,8 @@ end
 function job_mt:refresh()
   if self:done() or self.state == "queued" then return self end
   local polls = self.polls
-  if not self.checking and self.sched:cancel_timer(self) then
-    self.sched:at(self, self.sched.now())
+  if not self.checking and self.client.sched:cancel_timer(self) then
+    self.client.sched:at(self, self.client.sched.now())
   end
   wait_for(self, "check_waiters", function() return self:done() or self.polls > polls end)
   return self
@@ -285,7 +290,7 @@ end
 --- cancel function), locally always. Returns the job.
 function job_mt:cancel()
   if self:done() then return self end
-  local sched = self.sched
+  local sched = self.client.sched
   sched:cancel_timer(self)
   if self.client.spec.cancel and self.state == "running" then
     if sched:current() then

@@ -198,6 +198,7 @@ local function release(self, host)
     h.head = h.head + 1
     if self.tasks[co] then return enqueue(self, co) end
   end
+  h.head, h.tail = 1, 0                  -- empty: start again at 1
 end
 
 local function run_ready(self)
@@ -209,6 +210,9 @@ local function run_ready(self)
     ready[i], vals[i] = nil, nil
     self.ready_head = i + 1
     if co_status(co) == "suspended" then resume(self, co, value) end
+  end
+  if self.ready_head > self.ready_tail then     -- empty: start again at 1
+    self.ready_head, self.ready_tail = 1, 0
   end
 end
 

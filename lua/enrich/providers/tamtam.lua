@@ -36,11 +36,12 @@ function P.prepare(input, opts)
     return nil, "needs linkedin_url or a name (first_name, last_name or full_name)"
   end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
-  return {
-    enrichment_type = opts.kind or "email",
-    first_name = first, last_name = last, linkedin_url = linkedin,
-    company_name = N.text(input.company), company_domain = N.text(input.domain),
-  }
+  -- Fields set one by one: a constructor listing absent (nil) fields would
+  -- still reserve room for them, in every waiting job.
+  local p = { enrichment_type = opts.kind or "email" }
+  p.first_name, p.last_name, p.linkedin_url = first, last, linkedin
+  p.company_name, p.company_domain = N.text(input.company), N.text(input.domain)
+  return p
 end
 
 function P.submit(ctx, part)
