@@ -201,13 +201,42 @@ static void check_request(lua_State *L, ec_engine *e, int idx, ec_request *r) {
 
 /* ---- building the easy handle ------------------------------------------ */
 
+/* Options that never change for an engine are set once per easy handle;
+ * a pooled handle keeps them, and set_options() sets every per-request one
+ * (no curl_easy_reset per request: it frees and rebuilds the handle). */
+static int init_easy(ec_engine *e, CURL *c) {
+  const ec_settings *s = &e->set;
+  CURLcode rc = CURLE_OK;
+#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(c, opt, val)
+#if EC_CURL_AT_LEAST(0x075500)
+  SET(CURLOPT_PROTOCOLS_STR, "http,https");
+  SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+  SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+  SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  SET(CURLOPT_WRITEFUNCTION, on_body);
+  SET(CURLOPT_HEADERFUNCTION, on_header);
+  SET(CURLOPT_NOSIGNAL, 1L);
+  SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  SET(CURLOPT_PIPEWAIT, 1L);
+  SET(CURLOPT_ACCEPT_ENCODING, "");
+  SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  SET(CURLOPT_SSL_VERIFYPEER, s->verify_tls ? 1L : 0L);
+  SET(CURLOPT_SSL_VERIFYHOST, s->verify_tls ? 2L : 0L);
+  if (s->ca_file) SET(CURLOPT_CAINFO, s->ca_file);
+  SET(CURLOPT_FOLLOWLOCATION, s->follow_redirects ? 1L : 0L);
+  SET(CURLOPT_MAXREDIRS, s->max_redirects);
+  if (s->user_agent) SET(CURLOPT_USERAGENT, s->user_agent);
+#undef SET
+  return rc == CURLE_OK ? 0 : -1;
+}
+
 static CURL *take_easy(ec_engine *e) {
-  if (e->pool_n > 0) {
-    CURL *c = e->pool[--e->pool_n];
-    curl_easy_reset(c);
-    return c;
-  }
-  return curl_easy_init();
+  if (e->pool_n > 0) return e->pool[--e->pool_n];
+  CURL *c = curl_easy_init();
+  if (c && init_easy(e, c) != 0) { curl_easy_cleanup(c); c = NULL; }
+  return c;
 }
 
 static void give_easy(ec_engine *e, CURL *c) {
@@ -248,55 +277,37 @@ static struct curl_slist *build_headers(lua_State *L, int req_idx) {
   return list;
 }
 
-static int set_options(ec_engine *e, ec_xfer *x, const ec_request *r) {
+static int set_options(ec_xfer *x, const ec_request *r) {
   CURL *c = x->easy;
-  const ec_settings *s = &e->set;
   CURLcode rc = CURLE_OK;
 #define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(c, opt, val)
   SET(CURLOPT_URL, r->url);
-#if EC_CURL_AT_LEAST(0x075500)
-  SET(CURLOPT_PROTOCOLS_STR, "http,https");
-  SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-  SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-  SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
   SET(CURLOPT_PRIVATE, (void *)x);
-  SET(CURLOPT_WRITEFUNCTION, on_body);
   SET(CURLOPT_WRITEDATA, (void *)x);
-  SET(CURLOPT_HEADERFUNCTION, on_header);
   SET(CURLOPT_HEADERDATA, (void *)x);
   SET(CURLOPT_ERRORBUFFER, x->errbuf);
-  SET(CURLOPT_NOSIGNAL, 1L);
   SET(CURLOPT_TIMEOUT_MS, r->timeout_ms);
   SET(CURLOPT_CONNECTTIMEOUT_MS, r->connect_timeout_ms);
   /* Refuses a declared Content-Length over the cap before any byte. */
   SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
-  SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  SET(CURLOPT_PIPEWAIT, 1L);
-  SET(CURLOPT_ACCEPT_ENCODING, "");
-  SET(CURLOPT_TCP_KEEPALIVE, 1L);
-  SET(CURLOPT_SSL_VERIFYPEER, s->verify_tls ? 1L : 0L);
-  SET(CURLOPT_SSL_VERIFYHOST, s->verify_tls ? 2L : 0L);
-  if (s->ca_file) SET(CURLOPT_CAINFO, s->ca_file);
-  SET(CURLOPT_FOLLOWLOCATION, s->follow_redirects ? 1L : 0L);
-  SET(CURLOPT_MAXREDIRS, s->max_redirects);
-  if (s->user_agent) SET(CURLOPT_USERAGENT, s->user_agent);
   /* A request that is not safe to repeat must not ride on a reused
    * connection: libcurl silently re-sends when one turns out dead. */
-  if (r->fresh_connect) SET(CURLOPT_FRESH_CONNECT, 1L);
+  SET(CURLOPT_FRESH_CONNECT, r->fresh_connect ? 1L : 0L);
   SET(CURLOPT_HTTPHEADER, x->headers);
 
-  if (strcmp(r->method, "GET") == 0) {
-    SET(CURLOPT_HTTPGET, 1L);
-  } else if (strcmp(r->method, "HEAD") == 0) {
+  /* Every method option is set, so nothing lingers from the handle's last
+   * request: HTTPGET clears a POST, CUSTOMREQUEST NULL clears a verb. */
+  SET(CURLOPT_CUSTOMREQUEST, (char *)NULL);
+  SET(CURLOPT_NOBODY, 0L);
+  if (strcmp(r->method, "HEAD") == 0) {
     SET(CURLOPT_NOBODY, 1L);
-  } else {
+  } else if (strcmp(r->method, "POST") == 0 || r->body) {
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+    SET(CURLOPT_COPYPOSTFIELDS, r->body ? r->body : "");
     if (strcmp(r->method, "POST") != 0) SET(CURLOPT_CUSTOMREQUEST, r->method);
-    if (r->body || strcmp(r->method, "POST") == 0) {
-      SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
-      SET(CURLOPT_COPYPOSTFIELDS, r->body ? r->body : "");
-    }
+  } else {
+    SET(CURLOPT_HTTPGET, 1L);
+    if (strcmp(r->method, "GET") != 0) SET(CURLOPT_CUSTOMREQUEST, r->method);
   }
 #undef SET
   return rc == CURLE_OK ? 0 : -1;
@@ -316,7 +327,7 @@ ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx) {
   x->is_head = strcmp(r.method, "HEAD") == 0;
   x->headers = build_headers(L, r.headers_idx);
   x->easy = take_easy(e);
-  if (x->headers == NULL || x->easy == NULL || set_options(e, x, &r) != 0 ||
+  if (x->headers == NULL || x->easy == NULL || set_options(x, &r) != 0 ||
       curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
     if (x->easy) { curl_easy_cleanup(x->easy); x->easy = NULL; }
     ec_xfer_free(e, x);

@@ -136,6 +136,30 @@ describe("enrich.core", function()
       assert.equal('{"a":1}', c.json.body)
     end)
 
+    it("carries nothing over from one request to the next on a reused handle", function()
+      local sequence = {
+        { method = "POST", body = "first", want = "POST" },
+        { method = "GET", want = "GET" },
+        { method = "DELETE", want = "DELETE" },
+        { method = "PUT", body = "third", want = "PUT" },
+        { method = "GET", want = "GET" },
+        { method = "HEAD", want = nil },
+        { method = "GET", want = "GET" },
+      }
+      for _, step in ipairs(sequence) do     -- one at a time: each reuses the last handle
+        local c = fetch(engine, { method = step.method, url = base .. "/echo", body = step.body,
+                                  headers = step.body and { ["X-Step"] = step.method } or nil })
+        assert.equal(200, c.status)
+        if step.want then
+          assert.equal(step.want, c.json.method)
+          assert.equal(step.body or "", c.json.body)
+          assert.equal(step.body and step.method or nil, c.json.headers["x-step"])
+        else
+          assert.equal("", c.body)
+        end
+      end
+    end)
+
     it("sends an empty POST with a zero length", function()
       local c = fetch(engine, { method = "POST", url = base .. "/echo" })
       assert.equal("POST", c.json.method)
