@@ -50,6 +50,7 @@ function _M.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 then error("enrich.sleep: seconds must be >= 0", 2) end
   local s = _M.scheduler()
   if s:current() then return s:sleep(seconds) end
+  if s.host_sleep then return s.host_sleep(seconds) end
   local deadline = s.now() + seconds
   repeat
     s:step(math.max(deadline - s.now(), 0))

@@ -49,10 +49,14 @@ end
 
 function job_mt:done() return TERMINAL[self.state] == true end
 
--- Wakes everyone waiting for this job, or for its next check.
-local function wake_all(job, list, ...)
+-- Wakes everyone waiting for this job, or for its next check: a task
+-- (a coroutine, resumed by the loop) or a host's callback (OpenResty posts
+-- a semaphore: a request's coroutine is not ours to resume).
+local function wake_all(job, list, value)
   if not list then return end
-  for _, co in ipairs(list) do job.client.sched:wake(co, ...) end
+  for _, w in ipairs(list) do
+    if type(w) == "function" then w(value) else job.client.sched:wake(w, value) end
+  end
 end
 
 local function item_for(job, part, k, index)
@@ -242,7 +246,7 @@ local function wait_for(job, list, pred, timeout)
     end
     return pred()
   end
-  if job.client.host_wait then return job.client.host_wait(job, pred, deadline) end
+  if sched.host_wait then return sched.host_wait(job, list, pred, deadline) end
   while not pred() do
     local now = sched.now()
     if deadline and now >= deadline then return false end
@@ -297,10 +301,15 @@ function job_mt:cancel()
       pcall(cancel_at_provider, self)
     else
       local over = false
-      local function done() over = true end
+      local function done()
+        over = true
+        local waiting = self.check_waiters
+        self.check_waiters = nil
+        wake_all(self, waiting, true)
+      end
       sched:step_task(cancel_at_provider, self, { on_done = done, on_error = done })
-      local limit = sched.now() + 60            -- bounded, whatever the provider does
-      while not over and sched.now() < limit do sched:step(0.5) end
+      -- Bounded, whatever the provider does; a host (OpenResty) waits its way.
+      wait_for(self, "check_waiters", function() return over end, 60)
     end
   end
   finish(self, "cancelled", errors.new("cancelled", "job cancelled", { provider = self.provider }))

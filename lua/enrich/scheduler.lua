@@ -43,6 +43,7 @@ function _M.new(opts)
     waiting = {},        -- transfer id -> coroutine
     ready = {}, ready_val = {}, ready_head = 1, ready_tail = 0,
     pool = {},           -- idle worker coroutines for engine steps
+    starting = { head = 1, tail = 0 },  -- engine steps not yet started
     tasks = {},          -- coroutine -> task record, for every task we run
     user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
     live_jobs = 0,       -- jobs not yet terminal
@@ -117,17 +118,31 @@ end
 
 --- Runs fn(arg) as an engine step at the next turn of the loop. opts may
 --- carry on_done() and on_error(msg, arg); an error without on_error is
---- raised from run()/tick().
+--- raised from run()/tick(). The step gets its coroutine only when the loop
+--- runs it: in OpenResty a coroutine must be made and resumed by the same
+--- light thread (the driver timer), not by the request that submitted.
 function sched_mt:step_task(fn, arg, opts)
   local task = { fn = fn, arg = arg }
   if opts then task.on_done, task.on_error = opts.on_done, opts.on_error end
-  local pool = self.pool
-  local co = pool[#pool]
-  if co then pool[#pool] = nil else co = new_worker(self) end
-  task.co = co
-  self.tasks[co] = task
-  enqueue(self, co, task)
+  local q = self.starting
+  q.tail = q.tail + 1
+  q[q.tail] = task
   return task
+end
+
+local function start_steps(self)
+  local q, pool = self.starting, self.pool
+  while q.head <= q.tail do
+    local task = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    local co = pool[#pool]
+    if co then pool[#pool] = nil else co = new_worker(self) end
+    task.co = co
+    self.tasks[co] = task
+    resume(self, co, task)
+  end
+  q.head, q.tail = 1, 0
 end
 
 --- Runs fn(...) as a user task (counted by run(); errors carry a traceback).
@@ -202,6 +217,7 @@ local function release(self, host)
 end
 
 local function run_ready(self)
+  start_steps(self)
   -- Only what was queued before this pass: wakes queued meanwhile wait.
   local last, ready, vals = self.ready_tail, self.ready, self.ready_val
   while self.ready_head <= last do
@@ -235,7 +251,7 @@ function sched_mt:step(max_wait)
   fire_timers(self, now())
   run_ready(self)
   local wait = max_wait or 0
-  if self.ready_head <= self.ready_tail then
+  if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then
     wait = 0
   else
     local top = self.timers:peek()
@@ -263,8 +279,18 @@ end
 
 --- True when nothing at all could wake a parked task any more.
 function sched_mt:idle()
-  return self.ready_head > self.ready_tail and self.timers.n == 0
-     and self.engine:pending() == 0
+  return self.ready_head > self.ready_tail and self.starting.head > self.starting.tail
+     and self.timers.n == 0 and self.engine:pending() == 0
+end
+
+--- Seconds until the loop has something to do without I/O: 0 when work is
+--- ready, the time to the next timer, or nil when there is none. (A foreign
+--- loop waits for this or for engine:fd() to turn readable, then ticks.)
+function sched_mt:next_wakeup()
+  if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then return 0 end
+  local top = self.timers:peek()
+  if not top then return nil end
+  return max(top.at - now(), 0)
 end
 
 --- Transfers in flight plus those waiting for a slot.
