@@ -44,6 +44,7 @@ build = {
     ["enrich.errors"] = "lua/enrich/errors.lua",
     ["enrich.heap"] = "lua/enrich/heap.lua",
     ["enrich"] = "lua/enrich/init.lua",
+    ["enrich.hosts.openresty"] = "lua/enrich/hosts/openresty.lua",
     ["enrich.job"] = "lua/enrich/job.lua",
     ["enrich.normalize"] = "lua/enrich/normalize.lua",
     ["enrich.policy"] = "lua/enrich/policy.lua",
