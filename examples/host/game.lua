@@ -14,12 +14,15 @@ jobs_n = math.tointeger(jobs_n) or 50
 per_frame = math.tointeger(per_frame) or 0
 if per_frame <= 0 then per_frame = jobs_n end
 
--- Against the simulator: a fast poll cadence so a job takes a few polls in a
--- few frames; against a real provider keep the defaults (seconds apart).
+-- Against the simulator: polls ENRICH_POLL_INTERVAL seconds apart (0.05 by
+-- default, so a job takes a few polls in a few frames); against a real
+-- provider keep the provider's cadence (seconds apart).
+local interval = tonumber(os.getenv("ENRICH_POLL_INTERVAL")) or 0.05
 local client = assert(enrich.client("tamtam", {
   api_key = os.getenv("TAMTAM_API_KEY") or "host-key",
   base_url = sim_url and (sim_url .. "/tamtam") or nil,
-  poll = sim_url and { interval = 0.05, factor = 1.2, max_interval = 0.2, jitter = 0.2, deadline = 30 } or nil,
+  poll = sim_url and { interval = interval, factor = 1.2, max_interval = 4 * interval, jitter = 0.2, deadline = 60 }
+    or nil,
   rate = sim_url and { per_second = 1e6, burst = 1e6 } or nil,   -- the simulator runs with limits off
 }))
 
