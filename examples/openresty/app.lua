@@ -1,5 +1,5 @@
 -- Handlers of the OpenResty example (examples/openresty/nginx.conf.in).
--- luacheck: read_globals ngx
+-- luacheck: globals ngx
 local enrich = require "enrich"
 local cjson = require "cjson"
 
