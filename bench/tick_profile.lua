@@ -78,15 +78,16 @@ function game.summary()
   -- The fixed part: median tick by the number of transfers it touched.
   local buckets = { { 0, 0 }, { 1, 4 }, { 5, 16 }, { 17, math.huge } }
   for _, b in ipairs(buckets) do
-    local tot, poll = {}, {}
+    local totals, polls = {}, {}
     for _, t in ipairs(ticks) do
       local n = t.completions + t.submits
-      if n >= b[1] and n <= b[2] then tot[#tot + 1], poll[#poll + 1] = t.total, t.poll end
+      if n >= b[1] and n <= b[2] then totals[#totals + 1], polls[#polls + 1] = t.total, t.poll end
     end
-    table.sort(tot); table.sort(poll)
-    if #tot > 0 then
+    table.sort(totals); table.sort(polls)
+    local mid = (#totals + 1) // 2
+    if #totals > 0 then
       err:write(("ticks touching %d..%s transfers: %d, median %.3f ms (poll %.3f ms)\n"):format(b[1],
-        tostring(b[2]), #tot, 1e3 * tot[(#tot + 1) // 2], 1e3 * poll[(#poll + 1) // 2]))
+        tostring(b[2]), #totals, 1e3 * totals[mid], 1e3 * polls[mid]))
     end
   end
   return summary()

@@ -1,0 +1,120 @@
+-- Driving enrich from a foreign event loop (luv, libuv's Lua binding): the
+-- loop waits on what the core exposes and calls enrich.tick() only when
+-- there is something to do, never busy-looping.
+--
+--   * engine:fd() — an epoll descriptor that turns readable when libcurl
+--     has socket work: watched with a uv poll handle;
+--   * the next deadline — the sooner of engine:timeout() (libcurl's own
+--     timers) and the scheduler's next timer (a job's next poll, a retry
+--     back-off, an enrich.sleep): one uv timer, re-armed after every tick.
+--
+-- usage: ENRICH_SIM_URL=http://127.0.0.1:PORT lua5.4 examples/foreign_loop/luv_loop.lua [JOBS]
+-- Prints one line per job, then "jobs=N succeeded=N ticks=N"; exits 1 unless all succeeded.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = "build/5.4/?.so;" .. package.cpath
+local uv = require "luv"
+local enrich = require "enrich"
+
+local sim = os.getenv("ENRICH_SIM_URL")
+local jobs_n = math.tointeger(tonumber(arg[1] or "")) or 5
+local MAX_SECONDS = 30
+
+-- Seconds until the scheduler has work without I/O: 0 when steps are ready,
+-- the time to its next timer, or nil when it has none. Newer versions of the
+-- scheduler answer this themselves (sched:next_wakeup()).
+local function next_wakeup(sched)
+  if sched.next_wakeup then return sched:next_wakeup() end
+  local starting = sched.starting
+  if sched.ready_head <= sched.ready_tail or (starting and starting.head <= starting.tail) then return 0 end
+  local top = sched.timers:peek()
+  return top and math.max(top.at - sched.now(), 0) or nil
+end
+
+-- The host side: a uv poll on the engine's descriptor and one uv timer.
+-- drive(on_idle) ticks when either fires and calls on_idle() once no job or
+-- task is live; returns a function that stops and closes both handles.
+local function drive(on_idle)
+  local sched = enrich.scheduler()
+  local engine = sched.engine
+  local fd = engine:fd()
+  local timer = uv.new_timer()
+  local watcher = fd and uv.new_poll(fd)
+  local ticks = 0
+  local arm
+
+  local function tick()
+    ticks = ticks + 1
+    local live = enrich.tick()
+    if live == 0 then return on_idle(ticks) end
+    arm()
+  end
+
+  -- The timer fires at the sooner of the two deadlines; without an fd (the
+  -- portable core) libcurl's timeout() also covers its socket waits, capped
+  -- at 10 ms so sockets are looked at often enough.
+  function arm()
+    local wait = next_wakeup(sched)
+    local curl = engine:timeout()
+    if curl and (not wait or curl < wait) then wait = curl end
+    if not fd and (not wait or wait > 0.01) then wait = 0.01 end
+    timer:stop()
+    -- Nothing scheduled at all: the fd alone wakes us (a 1 s guard all the same).
+    timer:start(math.ceil((wait or 1) * 1000), 0, tick)
+  end
+
+  if watcher then watcher:start("r", function(err)
+    assert(not err, err)
+    tick()
+  end) end
+  arm()
+
+  return function()
+    timer:stop()
+    timer:close()
+    if watcher then
+      watcher:stop()
+      watcher:close()
+    end
+  end
+end
+
+local client = assert(enrich.client("tamtam", {
+  api_key = os.getenv("TAMTAM_API_KEY") or "luv-key",
+  base_url = sim and (sim .. "/tamtam") or nil,
+  poll = sim and { interval = 0.05, factor = 1.5, max_interval = 0.5, deadline = MAX_SECONDS } or nil,
+}))
+
+local jobs = {}
+for i = 1, jobs_n do
+  jobs[i] = assert(client:submit({ { first_name = "Luv" .. i, last_name = "Loop", domain = "example.com",
+                                     custom = { row = i } } }, { kind = "email" }))
+end
+
+local stop, finished_ticks
+stop = drive(function(ticks)
+  finished_ticks = ticks
+  stop()
+end)
+
+-- The rest of the program lives on the same loop: a guard that gives up
+-- after MAX_SECONDS (and an idle loop ends uv.run by itself).
+local guard = uv.new_timer()
+guard:start(MAX_SECONDS * 1000, 0, function()
+  io.stderr:write("luv_loop: jobs still live after ", MAX_SECONDS, " s\n")
+  stop()
+  guard:close()
+end)
+guard:unref()                         -- the guard alone does not keep the loop alive
+
+uv.run()
+if not guard:is_closing() then guard:close() end
+uv.run("nowait")                      -- let the closes complete
+
+local succeeded = 0
+for i, job in ipairs(jobs) do
+  local r = job.results and job.results[1]
+  print(("job %d %s %s %s"):format(i, job.state, r and r.status or "-", r and r.email or "-"))
+  if job.state == "succeeded" and r.email == ("luv%d.loop@example.com"):format(i) then succeeded = succeeded + 1 end
+end
+print(("jobs=%d succeeded=%d ticks=%s"):format(jobs_n, succeeded, tostring(finished_ticks)))
+os.exit(succeeded == jobs_n and 0 or 1)

@@ -1,0 +1,63 @@
+-- A foreign event loop (luv) driving enrich: examples/foreign_loop/luv_loop.lua
+-- watches engine:fd() with a uv poll handle and the next deadline with a uv
+-- timer, and ticks only when one fires. Run as a child (lua5.4, luv) against
+-- the simulator; asserts every job finished correctly and the loop did not spin.
+local support = require "engine.support"
+local helper = require "helper"
+
+local q = helper.shell_quote
+
+-- Runs a command; returns its stdout, stderr and exit code (read from the
+-- shell: LuaJIT's popen:close() does not give it).
+local function run(cmd)
+  local err = os.tmpname()
+  local p = assert(io.popen("(" .. cmd .. ") 2>" .. q(err) .. '; echo "exit=$?"', "r"))
+  local out = p:read("*a")
+  p:close()
+  local f = io.open(err, "r")
+  local errtext = f and f:read("*a") or ""
+  if f then f:close() end
+  os.remove(err)
+  local code = tonumber(out:match("exit=(%d+)%s*$"))
+  return out:gsub("exit=%d+%s*$", ""), errtext, code
+end
+
+describe("a luv loop driving enrich", function()
+  local sim
+
+  setup(function()
+    local _, err, code = run("lua5.4 -e 'require \"luv\"'")
+    assert(code == 0, "luv for Lua 5.4 is missing (Debian: lua-luv): " .. err)
+    sim = support.start()
+  end)
+  teardown(function() if sim then sim:stop() end end)
+  before_each(function()
+    support.reset(sim)
+    support.configure(sim, { tamtam = { polls = 2, rate_limit = false } })
+  end)
+
+  local function example(jobs)
+    return run(("ENRICH_SIM_URL=%s timeout 40 lua5.4 examples/foreign_loop/luv_loop.lua %d"):format(q(sim.url), jobs))
+  end
+
+  it("runs every job to its end and prints the results", function()
+    local out, err, code = example(8)
+    assert.equal(0, code, out .. err)
+    for i = 1, 8 do
+      assert.matches(("job %d succeeded found luv%d.loop@example.com"):format(i, i), out, 1, true)
+    end
+    local ticks = tonumber(out:match("jobs=8 succeeded=8 ticks=(%d+)"))
+    assert.is_number(ticks, out)
+    -- Woken by the fd and the timers only: a busy loop would tick thousands of times.
+    assert.is_true(ticks < 1000, "ticks: " .. ticks)
+    assert.equal(8, support.stats(sim, "tamtam").submissions)
+  end)
+
+  it("reports a job that did not find its person, and exits 1", function()
+    support.configure(sim, { tamtam = { outcomes = { ["email||luv2|loop||example.com"] = "not_found" } } })
+    local out, err, code = example(3)
+    assert.equal(1, code, out .. err)
+    assert.matches("job 2 succeeded not_found -", out, 1, true)
+    assert.matches("jobs=3 succeeded=2 ", out, 1, true)
+  end)
+end)
