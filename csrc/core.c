@@ -153,7 +153,7 @@ static int eng_fd(lua_State *L) {
 static const char *const ENGINE_OPTIONS[] = {
   "max_connections", "max_host_connections", "user_agent", "timeout",
   "connect_timeout", "max_body", "verify_tls", "ca_file", "follow_redirects",
-  "max_redirects", "json_decode", "json_max_depth", NULL
+  "max_redirects", "json_decode", "json_max_depth", "timings", NULL
 };
 
 static void check_options(lua_State *L, int idx) {
@@ -258,6 +258,7 @@ static int core_new(lua_State *L) {
   s.verify_tls = bool_option(L, 1, "verify_tls", 1);
   s.follow_redirects = bool_option(L, 1, "follow_redirects", 0);
   s.max_redirects = int_option(L, 1, "max_redirects", 5, 0, 50);
+  s.timings = bool_option(L, 1, "timings", 1);
   int depth = (int)int_option(L, 1, "json_max_depth", EC_DEFAULT_JSON_DEPTH, 1, 10000);
   const char *ua = string_option(L, 1, "user_agent");
   const char *ca = string_option(L, 1, "ca_file");

@@ -67,6 +67,7 @@ typedef struct ec_settings {
   int verify_tls;
   int follow_redirects;
   long max_redirects;
+  int timings;              /* completions carry a `time` table */
 } ec_settings;
 
 struct ec_engine {

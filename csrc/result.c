@@ -123,7 +123,6 @@ static int looks_like_json(lua_State *L, const ec_xfer *x) {
 }
 
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx) {
-  (void)e;
   luaL_checkstack(L, 12, "enrich.core: completion");
   lua_createtable(L, 0, 8);
   lua_pushinteger(L, x->id);
@@ -157,7 +156,7 @@ void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx) 
     }
   }
 
-  if (x->easy && !x->cancelled) {
+  if (x->easy && !x->cancelled && e->set.timings) {
     double t;
     lua_createtable(L, 0, 5);
     if (curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &t) == CURLE_OK) set_number(L, "total", t);
@@ -166,6 +165,8 @@ void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx) 
     if (curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME, &t) == CURLE_OK) set_number(L, "tls", t);
     if (curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME, &t) == CURLE_OK) set_number(L, "first_byte", t);
     lua_setfield(L, -2, "time");
+  }
+  if (x->easy && !x->cancelled) {
     long connects = 0;
     if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK) {
       lua_pushinteger(L, (lua_Integer)connects);    /* 0: a reused connection */

@@ -218,6 +218,14 @@ describe("enrich.core", function()
       assert.equal(1, fresh.connects)
     end)
 
+    it("leaves timings out when the engine is told to", function()
+      local quiet = core.new { timings = false }
+      local c = fetch(quiet, { url = base .. "/json" })
+      assert.is_nil(c.time)
+      assert.equal(200, c.status)
+      quiet:close()
+    end)
+
     it("reports timings in seconds", function()
       local c = fetch(engine, { url = base .. "/json" })
       assert.is_true(c.time.total > 0)

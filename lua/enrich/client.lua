@@ -76,14 +76,15 @@ function _M.new(sched, name_or_spec, opts)
     timeout = opts.timeout or 30, connect_timeout = opts.connect_timeout or 10,
     max_body = opts.max_body,
   }, client_mt)
-  -- The key lives in a closure, not a field, so dumping the client shows none.
+  -- The key lives in closures, not in fields, so dumping the client shows
+  -- none. Header tables are made once: the core only reads them.
   local key = opts.api_key
   local auth = spec.auth or function(k) return { Authorization = "Bearer " .. k } end
-  function c.headers()
-    local h = auth(key)
-    h.Accept = h.Accept or "application/json"
-    return h
-  end
+  local plain, json = auth(key), auth(key)
+  plain.Accept = plain.Accept or "application/json"
+  json.Accept = json.Accept or "application/json"
+  json["Content-Type"] = "application/json"
+  function c.headers(with_json) return with_json and json or plain end
   c.shared = shared_state(spec, key, rate, opts.rate ~= nil)
   return c
 end

@@ -95,30 +95,35 @@ local function classify(self, c, req)
   return res
 end
 
+-- One table reused for every transfer: it is filled only once the slot is
+-- taken (nothing yields between filling and submitting), and the core
+-- copies what it needs before submit returns.
+local transfer = {}
+
 --- Sends req and returns res, or nil and an error (see the top of the file).
 function ctx_mt:call(req)
   local client = self.client
+  local method = req.method or "GET"
   local idempotent = req.idempotent
-  if idempotent == nil then idempotent = (req.method or "GET") ~= "POST" end
-  local headers = client:headers()
+  if idempotent == nil then idempotent = method ~= "POST" end
   local body = req.body
   if req.json ~= nil then
-    body = cjson.encode(req.json)
-    headers["Content-Type"] = "application/json"
+    local err
+    body, err = cjson.encode(req.json)
+    if not body then return nil, self:error("invalid", "request body: " .. tostring(err)) end
   end
-  local transfer = {
-    method = req.method or "GET",
-    url = client.base_url .. req.path .. query_string(req.query),
-    headers = headers, body = body,
-    timeout = client.timeout, connect_timeout = client.connect_timeout,
-    max_body = client.max_body,
-    fresh_connect = not idempotent or nil,
-  }
+  local url = client.base_url .. req.path .. query_string(req.query)
   local attempt = 0
   while true do
     attempt = attempt + 1
     client:throttle()
-    local res, err = classify(self, self.sched:transfer(transfer), req)
+    local host = self.sched:slot(url)
+    transfer.method, transfer.url, transfer.body = method, url, body
+    transfer.headers = client.headers(req.json ~= nil)
+    transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout
+    transfer.max_body = client.max_body
+    transfer.fresh_connect = not idempotent or nil
+    local res, err = classify(self, self.sched:transfer(transfer, host), req)
     if res then return res end
     client:observe(err)
     if not err.retryable then return nil, err end

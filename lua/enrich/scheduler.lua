@@ -30,7 +30,8 @@ _M.DEFAULT_PER_HOST = 32
 function _M.new(opts)
   opts = opts or {}
   local per_host = opts.per_host or _M.DEFAULT_PER_HOST
-  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host }
+  -- The engine reads no timings: completions need not carry them.
+  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host, timings = false }
   for k, v in pairs(opts.core or {}) do core_opts[k] = v end
   local engine, err = core.new(core_opts)
   if not engine then return nil, err end
@@ -182,10 +183,10 @@ function sched_mt:sleep(seconds)
   return co_yield()
 end
 
---- Sends one HTTP request from a task and returns its completion record.
-function sched_mt:transfer(req)
-  local co = co_running()
-  local host = req.url:match("^%a+://([^/?#]*)") or ""
+--- Takes a transfer slot for the host of `url`, parking the running task
+--- until this host has one free. Returns the host, for transfer().
+function sched_mt:slot(url)
+  local host = url:match("^%a+://([^/?#]*)") or ""
   local h = self.hosts[host]
   if not h then
     h = { n = 0, head = 1, tail = 0 }
@@ -193,12 +194,20 @@ function sched_mt:transfer(req)
   end
   if h.n >= self.per_host then          -- wait for a slot on this host
     h.tail = h.tail + 1
-    h[h.tail] = co
+    h[h.tail] = co_running()
     co_yield()
   end
   h.n = h.n + 1
+  return host
+end
+
+--- Sends one HTTP request from a task and returns its completion record.
+--- `host` is a slot taken with slot(); without it one is taken here. The
+--- core copies req during submit, so a caller may reuse the table after.
+function sched_mt:transfer(req, host)
+  host = host or self:slot(req.url)
   local id = self.engine:submit(req)
-  self.waiting[id] = co
+  self.waiting[id] = co_running()
   self.host_of[id] = host
   return co_yield()
 end
