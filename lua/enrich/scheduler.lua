@@ -192,10 +192,11 @@ function sched_mt:slot(url)
     h = { n = 0, head = 1, tail = 0 }
     self.hosts[host] = h
   end
-  if h.n >= self.per_host then          -- wait for a slot on this host
+  if h.n >= self.per_host then          -- wait: release() hands over its slot
     h.tail = h.tail + 1
     h[h.tail] = co_running()
     co_yield()
+    return host
   end
   h.n = h.n + 1
   return host
@@ -212,10 +213,11 @@ function sched_mt:transfer(req, host)
   return co_yield()
 end
 
--- A transfer to `host` is over: its slot goes to the next task in line.
+-- A transfer to `host` is over: its slot passes straight to the next task
+-- in line (the count stays), so no newcomer can slip in between and push
+-- the host over its cap.
 local function release(self, host)
   local h = self.hosts[host]
-  h.n = h.n - 1
   while h.head <= h.tail do
     local co = h[h.head]
     h[h.head] = nil
@@ -223,6 +225,7 @@ local function release(self, host)
     if self.tasks[co] then return enqueue(self, co) end
   end
   h.head, h.tail = 1, 0                  -- empty: start again at 1
+  h.n = h.n - 1
 end
 
 local function run_ready(self)

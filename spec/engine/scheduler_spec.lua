@@ -107,6 +107,23 @@ describe("jobs and the loop", function()
     assert.equal("succeeded", job.state)
   end)
 
+  it("never has more transfers in flight to one host than its cap", function()
+    local client = slow_client(2)
+    local sched = enrich.scheduler()
+    local most = 0
+    local jobs = {}
+    for i = 1, 300 do jobs[i] = assert(client:submit({ { first_name = "P" .. i, last_name = "Cap" } })) end
+    for _ = 1, 5000 do                       -- bounded
+      local live = enrich.tick()
+      most = math.max(most, sched.engine:pending())
+      if live == 0 then break end
+      require("socket").sleep(0.001)
+    end
+    for i = 1, 300 do assert.equal("succeeded", jobs[i].state) end
+    assert.is_true(most <= sched.per_host, "in flight: " .. most)
+    assert.is_true(most > 1)
+  end)
+
   it("runs a thousand jobs concurrently in one thread", function()
     local client = slow_client(2)
     local jobs = {}
