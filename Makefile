@@ -18,7 +18,7 @@ PREFIX      ?= /usr/local
 ROCKSPEC    := $(wildcard lua-enrich-*.rockspec)
 MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null)
 
-.PHONY: all build deps test demo bench lint install clean valgrind rock
+.PHONY: all build deps test demo bench lint install clean valgrind rock host
 
 all: build
 
@@ -43,7 +43,7 @@ lint: build build/noepoll/enrich/core.so
 	luacheck --quiet --no-color $(wildcard lua spec examples bin bench)
 
 test: deps
-	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory build host
 	@sh scripts/run-tests
 
 valgrind: build
@@ -54,8 +54,12 @@ demo: deps
 	@sh scripts/demo
 
 bench: deps
-	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory build host
 	@sh bench/run
+
+# The example program that embeds Lua and ticks the loop (examples/host).
+host: build/5.4/enrich/core.so
+	@$(MAKE) --no-print-directory -C examples/host
 
 # `luarocks make` into a private tree (no network: deps come from Debian).
 # Debian keeps curl.h under a multiarch directory LuaRocks does not search.

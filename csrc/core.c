@@ -97,19 +97,24 @@ static int eng_cancel(lua_State *L) {
 
 /* ---- poll --------------------------------------------------------------- */
 
+/* poll(timeout [, max]): at most `max` completions are handed over (the
+ * rest stay here for the next poll), and at most `max` ready sockets are
+ * serviced per wait: a host bounds the work of one frame. */
 static int eng_poll(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
   luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0 seconds");
-  ec_loop_run(e, ec_now() + timeout);
+  lua_Integer max = luaL_optinteger(L, 3, 0);
+  luaL_argcheck(L, max >= 0, 3, "max must be >= 0 (0: no limit)");
+  ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max);
 
   push_engine_table(L, e);
   int tidx = lua_gettop(L);
   lua_getfield(L, tidx, "decode");
   int didx = lua_gettop(L);
-  lua_createtable(L, (int)e->done.n, 0);
+  lua_createtable(L, (int)(max > 0 && (size_t)max < e->done.n ? (size_t)max : e->done.n), 0);
   int n = 0;
-  while (e->done.head) {
+  while (e->done.head && (max == 0 || n < max)) {
     ec_xfer *x = e->done.head;
     ec_push_completion(L, e, x, didx);
     lua_rawseti(L, -2, ++n);

@@ -98,7 +98,9 @@ void ec_xfer_free(ec_engine *e, ec_xfer *x);
 double ec_now(void);
 int  ec_loop_open(ec_engine *e);            /* 0, or -1 */
 void ec_loop_close(ec_engine *e);
-void ec_loop_run(ec_engine *e, double deadline);   /* until a completion or the deadline */
+/* Until a completion or the deadline, handling at most max_events ready
+ * sockets per wait (0: the default, 64). */
+void ec_loop_run(ec_engine *e, double deadline, int max_events);
 double ec_loop_timeout(ec_engine *e);       /* seconds, or -1: nothing scheduled */
 int  ec_loop_fd(const ec_engine *e);        /* pollable fd, or -1 */
 

@@ -90,8 +90,9 @@ int ec_loop_fd(const ec_engine *e) { return e->epfd; }
 
 /* Every call makes at least one non-blocking pass over ready sockets, so
  * poll(0) from a host's frame loop always makes progress. */
-void ec_loop_run(ec_engine *e, double deadline) {
+void ec_loop_run(ec_engine *e, double deadline, int max_events) {
   struct epoll_event evs[64];
+  if (max_events <= 0 || max_events > 64) max_events = 64;
   int running;
   for (;;) {
     double now = ec_now();
@@ -103,7 +104,7 @@ void ec_loop_run(ec_engine *e, double deadline) {
     }
     double wait = deadline - now;
     if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
-    int n = epoll_wait(e->epfd, evs, 64, to_ms(wait));
+    int n = epoll_wait(e->epfd, evs, max_events, to_ms(wait));
     for (int i = 0; i < n; i++) {
       int flags = 0;
       if (evs[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
@@ -142,7 +143,8 @@ static void wait_for(ec_engine *e, int ms) {
 #endif
 }
 
-void ec_loop_run(ec_engine *e, double deadline) {
+void ec_loop_run(ec_engine *e, double deadline, int max_events) {
+  (void)max_events;                 /* perform() has no such bound */
   for (;;) {
     int running;
     curl_multi_perform(e->multi, &running);

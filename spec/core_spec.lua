@@ -192,6 +192,19 @@ describe("enrich.core", function()
       assert.is_true(done.json.delayed)
     end)
 
+    it("hands over at most `max` completions per call, keeping the rest", function()
+      for i = 1, 5 do engine:submit { url = base .. "/json?i=" .. i } end
+      local got = 0
+      for _ = 1, 100 do
+        local batch = engine:poll(0.05, 2)
+        assert.is_true(#batch <= 2)
+        got = got + #batch
+        if got == 5 then break end
+      end
+      assert.equal(5, got)
+      assert.has_error(function() engine:poll(0, -1) end)
+    end)
+
     it("raises on a negative timeout", function()
       assert.has_error(function() engine:poll(-1) end)
     end)

@@ -26,6 +26,17 @@ local client = assert(enrich.client("tamtam", {
   rate = sim_url and { per_second = 1e6, burst = 1e6 } or nil,   -- the simulator runs with limits off
 }))
 
+-- A frame-paced host bounds the work one tick may start (seconds); the
+-- rest waits for the next frame. ENRICH_TICK_BUDGET=0 turns it off.
+local budget = tonumber(os.getenv("ENRICH_TICK_BUDGET") or "0.0005")
+enrich.TICK_BUDGET = budget and budget > 0 and budget or nil
+
+-- The collector, too, works in small steps: a frame must not pay for a big
+-- one. ENRICH_GC=generational|incremental|default.
+local gc = os.getenv("ENRICH_GC") or "incremental"
+if gc == "generational" then collectgarbage("generational")
+elseif gc == "incremental" then collectgarbage("incremental", 150, 200, 10) end  -- pause, step multiplier, 1 KiB steps
+
 local jobs, submitted = {}, 0
 
 local function person(i)

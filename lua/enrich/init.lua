@@ -58,10 +58,19 @@ function _M.sleep(seconds)
   until s.now() >= deadline
 end
 
+-- Seconds of work one tick() may start (nil: no bound). A frame-paced host
+-- sets it (or passes one to tick) so that a burst of completions spreads
+-- over several frames instead of stalling one.
+_M.TICK_BUDGET = nil
+
 --- One non-blocking step for host loops; returns the live jobs and tasks.
-function _M.tick()
+--- `budget` (seconds, default TICK_BUDGET) bounds the work started.
+function _M.tick(budget)
+  if budget ~= nil and (type(budget) ~= "number" or budget <= 0) then
+    error("enrich.tick: budget must be a positive number of seconds", 2)
+  end
   local s = _M.scheduler()
-  local live = s:step(0)
+  local live = s:step(0, budget or _M.TICK_BUDGET)
   s:check_failure(2)
   return live
 end

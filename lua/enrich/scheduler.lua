@@ -131,9 +131,12 @@ function sched_mt:step_task(fn, arg, opts)
   return task
 end
 
-local function start_steps(self)
+-- `limit`: a time (core.now) after which no more work is started this turn.
+local function over(limit) return limit and now() >= limit end
+
+local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
-  while q.head <= q.tail do
+  while q.head <= q.tail and not over(limit) do
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
@@ -143,7 +146,7 @@ local function start_steps(self)
     self.tasks[co] = task
     resume(self, co, task)
   end
-  q.head, q.tail = 1, 0
+  if q.head > q.tail then q.head, q.tail = 1, 0 end
 end
 
 --- Runs fn(...) as a user task (counted by run(); errors carry a traceback).
@@ -228,11 +231,11 @@ local function release(self, host)
   h.n = h.n - 1
 end
 
-local function run_ready(self)
-  start_steps(self)
+local function run_ready(self, limit)
+  start_steps(self, limit)
   -- Only what was queued before this pass: wakes queued meanwhile wait.
   local last, ready, vals = self.ready_tail, self.ready, self.ready_val
-  while self.ready_head <= last do
+  while self.ready_head <= last and not over(limit) do
     local i = self.ready_head
     local co, value = ready[i], vals[i]
     ready[i], vals[i] = nil, nil
@@ -244,24 +247,29 @@ local function run_ready(self)
   end
 end
 
-local function fire_timers(self, t)
+local function fire_timers(self, t, limit)
   local timers = self.timers
   local top = timers:peek()
-  while top and top.at <= t do
+  while top and top.at <= t and not over(limit) do
     timers:pop()
     top:on_timer(self)
     top = timers:peek()
   end
 end
 
+-- Completions (and ready sockets) handled per poll when a turn has a budget.
+_M.BUDGET_COMPLETIONS = 8
+
 --- One turn: runs what is ready, fires due timers, waits for transfers at
 --- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
---- ready), and wakes whoever a completion belongs to. Returns the number
---- of live jobs and tasks.
-function sched_mt:step(max_wait)
-  run_ready(self)
-  fire_timers(self, now())
-  run_ready(self)
+--- ready), and wakes whoever a completion belongs to. With `budget`
+--- (seconds), no new work starts once that much time has gone: the rest
+--- waits, queued, for the next turn. Returns the live jobs and tasks.
+function sched_mt:step(max_wait, budget)
+  local limit = budget and now() + budget
+  run_ready(self, limit)
+  fire_timers(self, now(), limit)
+  run_ready(self, limit)
   local wait = max_wait or 0
   if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then
     wait = 0
@@ -269,19 +277,21 @@ function sched_mt:step(max_wait)
     local top = self.timers:peek()
     if top then wait = min(wait, max(top.at - now(), 0)) end
   end
-  local done = self.engine:poll(wait)
-  for i = 1, #done do
-    local c = done[i]
-    local co = self.waiting[c.id]
-    if co then
-      self.waiting[c.id] = nil
-      release(self, self.host_of[c.id])
-      self.host_of[c.id] = nil
-      resume(self, co, c)
+  if not over(limit) then
+    local done = self.engine:poll(wait, budget and _M.BUDGET_COMPLETIONS or nil)
+    for i = 1, #done do
+      local c = done[i]
+      local co = self.waiting[c.id]
+      if co then
+        self.waiting[c.id] = nil
+        release(self, self.host_of[c.id])
+        self.host_of[c.id] = nil
+        if over(limit) then enqueue(self, co, c) else resume(self, co, c) end
+      end
     end
   end
-  fire_timers(self, now())
-  run_ready(self)
+  fire_timers(self, now(), limit)
+  run_ready(self, limit)
   return self:live()
 end
 
@@ -300,6 +310,7 @@ end
 --- loop waits for this or for engine:fd() to turn readable, then ticks.)
 function sched_mt:next_wakeup()
   if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then return 0 end
+  if self.engine:timeout() == 0 then return 0 end        -- completions wait in the core
   local top = self.timers:peek()
   if not top then return nil end
   return max(top.at - now(), 0)

@@ -72,6 +72,27 @@ describe("jobs and the loop", function()
     assert.is_true(frames > 1)
   end)
 
+  it("tick(budget) spreads the work over more ticks and still finishes every job", function()
+    local client = slow_client(2)
+    local function run(budget)
+      local jobs = {}
+      for i = 1, 100 do jobs[i] = assert(client:submit({ { first_name = "B" .. i, last_name = "Budget" } })) end
+      local ticks = 0
+      while ticks < 20000 do
+        ticks = ticks + 1
+        if enrich.tick(budget) == 0 then break end
+        require("socket").sleep(0.0005)
+      end
+      for i = 1, 100 do assert.equal("succeeded", jobs[i].state) end
+      return ticks
+    end
+    local free = run(nil)
+    local tight = run(0.000001)              -- one step or completion per tick, about
+    assert.is_true(tight > free, ("budgeted %d ticks vs %d"):format(tight, free))
+    assert.has_error(function() enrich.tick(0) end)
+    assert.has_error(function() enrich.tick("soon") end)
+  end)
+
   it("wait(timeout) gives a timeout error while the job goes on", function()
     local client = slow_client(1000)
     local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
