@@ -5,6 +5,7 @@ local policy = require "enrich.policy"
 local providers = require "enrich.providers"
 local ratelimit = require "enrich.ratelimit"
 local job = require "enrich.job"
+local scheduler = require "enrich.scheduler"
 
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
 
@@ -71,6 +72,7 @@ function _M.new(sched, name_or_spec, opts)
   local c = setmetatable({
     sched = sched, spec = spec,
     base_url = base:gsub("/+$", ""),
+    host = scheduler.host_of(base),             -- its transfers share this host's slots
     poll = policy.merge(policy.merge(policy.DEFAULT_POLL, spec.poll, "poll"), opts.poll, "poll"),
     retry = policy.merge(policy.merge(policy.DEFAULT_RETRY, spec.retry, "retry"), opts.retry, "retry"),
     timeout = opts.timeout or 30, connect_timeout = opts.connect_timeout or 10,

@@ -92,9 +92,14 @@ function _M.parse_retry_after(value, now)
   return max(0, epoch - (now or os_time()))
 end
 
+-- The last second formatted: jobs stamp many times a second.
+local last_t, last_iso
+
 --- ISO 8601 UTC for a wall-clock time in seconds (fractions dropped).
 function _M.iso8601(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", floor(t or os_time()))
+  t = floor(t or os_time())
+  if t ~= last_t then last_t, last_iso = t, os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+  return last_iso
 end
 
 return _M

@@ -117,7 +117,7 @@ function ctx_mt:call(req)
   while true do
     attempt = attempt + 1
     client:throttle()
-    local host = self.sched:slot(url)
+    local host = self.sched:slot(client.host)
     transfer.method, transfer.url, transfer.body = method, url, body
     transfer.headers = client.headers(req.json ~= nil)
     transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout

@@ -186,10 +186,14 @@ function sched_mt:sleep(seconds)
   return co_yield()
 end
 
---- Takes a transfer slot for the host of `url`, parking the running task
+--- The key transfers to `url` share their slots under (scheme and host).
+function _M.host_of(url)
+  return url:match("^(%a+://[^/?#]*)") or ""
+end
+
+--- Takes a transfer slot for `host` (see host_of), parking the running task
 --- until this host has one free. Returns the host, for transfer().
-function sched_mt:slot(url)
-  local host = url:match("^%a+://([^/?#]*)") or ""
+function sched_mt:slot(host)
   local h = self.hosts[host]
   if not h then
     h = { n = 0, head = 1, tail = 0 }
@@ -209,7 +213,7 @@ end
 --- `host` is a slot taken with slot(); without it one is taken here. The
 --- core copies req during submit, so a caller may reuse the table after.
 function sched_mt:transfer(req, host)
-  host = host or self:slot(req.url)
+  host = host or self:slot(_M.host_of(req.url))
   local id = self.engine:submit(req)
   self.waiting[id] = co_running()
   self.host_of[id] = host
