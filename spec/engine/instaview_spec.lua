@@ -12,12 +12,7 @@ describe("instaview through the engine", function()
   -- Every client of the spec key shares one bucket (the first client's rate
   -- decides it): keep them all fast. The provider's own rate is checked in
   -- spec/mapping/instaview_spec.lua.
-  local FAST_RATE = { per_second = 1000, burst = 1000 }
-  local function client(opts)
-    local o = { rate = FAST_RATE }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return support.client(sim, "instaview", o)
-  end
+  local function client(opts) return support.fast_rate_client(sim, "instaview", opts) end
 
   local function profile(id, row) return { id = id, custom = { row = row } } end
 

@@ -20,11 +20,7 @@ describe("lance through the engine", function()
   before_each(function() support.reset(sim) end)
 
   -- The spec's requests are many and quick: lift lance's 5/s client limit.
-  local function client(opts)
-    local o = { rate = { per_second = 1000, burst = 1000 } }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return support.client(sim, "lance", o)
-  end
+  local function client(opts) return support.fast_rate_client(sim, "lance", opts) end
 
   it("finds emails on the person, keeps input order and custom untouched", function()
     local custom = { row = "3", nested = { keep = true } }

@@ -10,11 +10,7 @@ describe("parsetx through the engine", function()
   teardown(function() if sim then sim:stop() end end)
   before_each(function() support.reset(sim) end)
 
-  local function client(opts)
-    local o = { rate = { per_second = 1000, burst = 1000 } }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return support.client(sim, "parsetx", o)
-  end
+  local function client(opts) return support.fast_rate_client(sim, "parsetx", opts) end
 
   it("enriches merchants, keeps input order and custom, and counts billed misses", function()
     local custom = { row = "2", nested = { keep = true } }

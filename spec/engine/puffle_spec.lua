@@ -17,11 +17,7 @@ describe("puffle through the engine", function()
   before_each(function() support.reset(sim) end)
 
   -- The spec's requests are many and quick: lift puffle's client limit.
-  local function client(opts)
-    local o = { rate = { per_second = 1000, burst = 1000 } }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return support.client(sim, "puffle", o)
-  end
+  local function client(opts) return support.fast_rate_client(sim, "puffle", opts) end
 
   -- Drives the loop until the job has polled n times (bounded).
   local function polled(job, n)

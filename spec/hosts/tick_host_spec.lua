@@ -4,24 +4,12 @@
 -- that failures are reported, never how fast a tick is (that is `make bench`).
 local support = require "engine.support"
 local helper = require "helper"
+local hosts = require "hosts.support"
 
 local HOST = "build/host/enrich-host"
 local q = helper.shell_quote
 
--- Runs a command; returns its stdout, stderr and exit code (read from the
--- shell: LuaJIT's popen:close() does not give it).
-local function run(cmd)
-  local err = os.tmpname()
-  local p = assert(io.popen("(" .. cmd .. ") 2>" .. q(err) .. '; echo "exit=$?"', "r"))
-  local out = p:read("*a")
-  p:close()
-  local f = io.open(err, "r")
-  local errtext = f and f:read("*a") or ""
-  if f then f:close() end
-  os.remove(err)
-  local code = tonumber(out:match("exit=(%d+)%s*$"))
-  return out:gsub("exit=%d+%s*$", ""), errtext, code
-end
+local run = hosts.run    -- stdout, stderr, exit code
 
 local function summary(out)
   local line = out:match("(jobs=%d+[^\n]*)")

@@ -3,26 +3,15 @@
 -- items, error bodies -> codes.
 local cjson = require "cjson"
 local errors = require "enrich.errors"
-local request = require "enrich.request"
+local support = require "mapping.support"
 local P = require "enrich.providers.instaview"
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/instaview/" .. name .. ".json", "rb"))
-  local s = f:read("*a")
-  f:close()
-  return cjson.decode(s)
-end
+local function fixture(name) return support.fixture("instaview", name) end
 
--- A ctx that answers every call with `res` (or `nil, err`) and records it.
+-- A ctx that answers every call with `res` (or `nil, err`) and records it
+-- (ctx.calls[i].req).
 local function fake_ctx(res, err)
-  local ctx = { escape = request.escape, null = cjson.null, opts = {}, calls = {} }
-  function ctx:call(req) self.calls[#self.calls + 1] = req; return res, err end
-  function ctx.error(_, code, message, fields)
-    fields = fields or {}
-    fields.provider = "instaview"
-    return errors.new(code, message, fields)
-  end
-  return ctx
+  return support.fake_ctx("instaview", function() return res, err end)
 end
 
 local function part_of(ids) return { id = "enr_x", first = 1, inputs = ids, items = {} } end
@@ -68,7 +57,7 @@ describe("instaview mapping", function()
   it("submits the profile ids once, without claiming the POST is idempotent", function()
     local ctx = fake_ctx({ status = 202, json = fixture("submit_accepted") })
     assert.equal("enr_0b5e2f4c-1a2b-4c3d-8e9f-aaaabbbbcccc", P.submit(ctx, part_of({ "p_1", "p_2" })))
-    local req = ctx.calls[1]
+    local req = ctx.calls[1].req
     assert.equal("POST", req.method)
     assert.equal("/sourcing/enrich", req.path)
     assert.same({ profileIds = { "p_1", "p_2" } }, req.json)
@@ -110,7 +99,7 @@ describe("instaview mapping", function()
       local part = part_of({ "p_1" })
       part.id = "enr_a/b c"
       assert.is_false(P.check(ctx, part))
-      assert.equal("/sourcing/enrich/enr_a%2Fb%20c/results", ctx.calls[1].path)
+      assert.equal("/sourcing/enrich/enr_a%2Fb%20c/results", ctx.calls[1].req.path)
       assert.is_nil(next(part.items))
     end)
 

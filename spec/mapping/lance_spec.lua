@@ -2,37 +2,16 @@
 -- (spec/fixtures/lance/*.json; abbreviated ids of the sheet written out).
 local cjson = require "cjson"
 local errors = require "enrich.errors"
-local request = require "enrich.request"
+local support = require "mapping.support"
 local P = require "enrich.providers.lance"
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/lance/" .. name .. ".json", "rb"))
-  local s = f:read("*a")
-  f:close()
-  return cjson.decode(s)
-end
+local function fixture(name) return support.fixture("lance", name) end
 
 local P1 = "1b0c6c0e-7e55-4a51-9c53-0a0a0a0a0a01"
 local function id(n) return "1b0c6c0e-7e55-4a51-9c53-0a0a0a0a0a0" .. n end
 
 -- A ctx answering from a table: answers["METHOD path"] = body or function(req).
-local function fake_ctx(answers)
-  local ctx = { escape = request.escape, null = cjson.null, opts = {}, calls = {} }
-  function ctx.error(_, code, message, fields)
-    fields = fields or {}
-    fields.provider = "lance"
-    return errors.new(code, message, fields)
-  end
-  function ctx:call(req)
-    local key = (req.method or "GET") .. " " .. req.path
-    self.calls[#self.calls + 1] = { key = key, req = req }
-    local a = answers[key]
-    if type(a) == "function" then return a(req) end
-    if a == nil then return nil, errors.new("not_found", "no answer for " .. key, { status = 404 }) end
-    return { status = 200, headers = {}, json = a }
-  end
-  return ctx
-end
+local function fake_ctx(answers) return support.fake_ctx("lance", answers) end
 
 describe("lance mapping", function()
   describe("prepare", function()

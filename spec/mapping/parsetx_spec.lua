@@ -1,28 +1,16 @@
 -- parsetx's pure mappings over the sheet's example exchanges
 -- (spec/fixtures/parsetx/*.json): job status -> state, result items ->
 -- items and merchants, error bodies -> codes.
-local cjson = require "cjson"
 local errors = require "enrich.errors"
-local request = require "enrich.request"
+local support = require "mapping.support"
 local P = require "enrich.providers.parsetx"
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/parsetx/" .. name .. ".json", "rb"))
-  local s = f:read("*a")
-  f:close()
-  return cjson.decode(s)
-end
+local function fixture(name) return support.fixture("parsetx", name) end
 
--- A ctx that answers every call with `res` (or `nil, err`) and records it.
+-- A ctx that answers every call with `res` (or `nil, err`) and records it
+-- (ctx.calls[i].req).
 local function fake_ctx(res, err)
-  local ctx = { escape = request.escape, null = cjson.null, opts = {}, calls = {} }
-  function ctx:call(req) self.calls[#self.calls + 1] = req; return res, err end
-  function ctx.error(_, code, message, fields)
-    fields = fields or {}
-    fields.provider = "parsetx"
-    return errors.new(code, message, fields)
-  end
-  return ctx
+  return support.fake_ctx("parsetx", function() return res, err end)
 end
 
 local function part_of(texts) return { id = "job-1", first = 1, inputs = texts, items = {} } end
@@ -70,7 +58,7 @@ describe("parsetx mapping", function()
   it("submits to the async endpoint once, without claiming the POST is idempotent", function()
     local ctx = fake_ctx({ status = 202, json = fixture("submit_accepted") })
     assert.equal("6a1f3c2e-9b7d-4e10-8c55-0123456789ab", P.submit(ctx, part_of(PARTIAL)))
-    local req = ctx.calls[1]
+    local req = ctx.calls[1].req
     assert.equal("POST", req.method)
     assert.equal("/v1/enrich/async", req.path)
     assert.same({ transactions = PARTIAL }, req.json)
@@ -107,7 +95,7 @@ describe("parsetx mapping", function()
         local part = part_of(PARTIAL)
         part.id = "a/b"
         assert.is_false(P.check(ctx, part))
-        assert.equal("/v1/enrich/jobs/a%2Fb", ctx.calls[1].path)
+        assert.equal("/v1/enrich/jobs/a%2Fb", ctx.calls[1].req.path)
         assert.is_nil(next(part.items))
       end
     end)

@@ -1,38 +1,15 @@
 -- puffle's mapping, table-driven over the sheet's example exchanges
 -- (spec/fixtures/puffle/*.json).
-local cjson = require "cjson"
 local errors = require "enrich.errors"
-local request = require "enrich.request"
+local support = require "mapping.support"
 local P = require "enrich.providers.puffle"
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/puffle/" .. name .. ".json", "rb"))
-  local s = f:read("*a")
-  f:close()
-  return cjson.decode(s)
-end
+local function fixture(name) return support.fixture("puffle", name) end
 
 local RUN = "run_9f2e0000example"
 
--- A ctx answering from a table: answers["METHOD path"] = body, a list of
--- bodies (one per call, the last repeats) or function(req).
-local function fake_ctx(answers)
-  local ctx = { escape = request.escape, null = cjson.null, opts = {}, calls = {} }
-  function ctx.error(_, code, message, fields)
-    fields = fields or {}
-    fields.provider = "puffle"
-    return errors.new(code, message, fields)
-  end
-  function ctx:call(req)
-    local key = (req.method or "GET") .. " " .. req.path
-    self.calls[#self.calls + 1] = { key = key, req = req }
-    local a = answers[key]
-    if type(a) == "function" then return a(req) end
-    if a == nil then return nil, errors.new("not_found", "no answer for " .. key, { status = 404 }) end
-    return { status = 200, headers = {}, json = a }
-  end
-  return ctx
-end
+-- A ctx answering from a table: answers["METHOD path"] = body or function(req).
+local function fake_ctx(answers) return support.fake_ctx("puffle", answers) end
 
 local function part_of(leads, kind)
   local part = { first = 1, inputs = {}, items = {}, id = RUN }
