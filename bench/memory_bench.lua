@@ -25,6 +25,7 @@ local client = assert(enrich.client("tamtam", {
 local inputs = {}
 for i = 1, n do inputs[i] = { { first_name = "P" .. i, last_name = "Waiting" } } end
 local jobs = {}
+for i = 1, n do jobs[i] = false end          -- the bench's own array, sized before measuring
 
 local function heap_kib()
   collectgarbage(); collectgarbage()

@@ -10,7 +10,7 @@ local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local request = require "enrich.request"
 
-local ipairs, type, min, max, os_time = ipairs, type, math.min, math.max, os.time
+local ipairs, type, next, min, max, os_time = ipairs, type, next, math.min, math.max, os.time
 local iso = policy.iso8601
 
 local _M = { _VERSION = "0.1.0" }
@@ -30,10 +30,10 @@ function _M.new(client, inputs, prepared, opts)
   local size = client.spec.batch_size or #prepared
   local parts = {}
   if #prepared <= size then
-    parts[1] = { first = 1, inputs = prepared, items = {} }   -- one part: no copy
+    parts[1] = { inputs = prepared }   -- one part: no copy
   else
     for first = 1, #prepared, size do
-      local part = { first = first, inputs = {}, items = {} }
+      local part = { inputs = {} }
       for i = first, min(first + size - 1, #prepared) do part.inputs[#part.inputs + 1] = prepared[i] end
       parts[#parts + 1] = part
     end
@@ -60,7 +60,7 @@ local function wake_all(job, list, value)
 end
 
 local function item_for(job, part, k, index)
-  local item = part.items[k] or {}
+  local item = part.items and part.items[k] or {}
   local input = job.inputs[index]
   item.index = index
   item.input = input
@@ -83,15 +83,18 @@ local function finish(job, forced, err)
   job.state = forced or "running"
   local results, counts = {}, { total = #job.inputs, found = 0, not_found = 0, failed = 0, pending = 0 }
   local part_errors, parts_ok, credits = 0, 0, nil
+  local first = 1                        -- parts follow input order: part k starts where k-1 ended
   for _, part in ipairs(job.parts) do
     if part.error then part_errors = part_errors + 1 else parts_ok = parts_ok + 1 end
     if part.credits then credits = (credits or 0) + part.credits end
-    for k = 1, #part.inputs do
-      local index = part.first + k - 1
+    local count = #part.inputs
+    for k = 1, count do
+      local index = first + k - 1
       local item = item_for(job, part, k, index)
       results[index] = item
       counts[item.status] = (counts[item.status] or 0) + 1
     end
+    first = first + count
   end
   job.results, job.counts = results, counts
   if credits then job.cost = { credits = credits } end
@@ -138,6 +141,15 @@ local function schedule_poll(job, hint)
   job.client.sched:at(job, now + delay)
 end
 
+-- A waiting part holds no empty table: `items` exists while a step may fill
+-- it, and stays only once it holds something; the status body moves to the
+-- job (DESIGN's job.raw), so the part does not keep it twice.
+local function open_items(part) part.items = part.items or {} end
+local function close_items(job, part)
+  if part.items and next(part.items) == nil then part.items = nil end
+  if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
+end
+
 local function check_all(job)
   if job:done() then return end
   job.checking = true                   -- nil again after: a waiting job keeps no slot for it
@@ -145,7 +157,9 @@ local function check_all(job)
   local hint
   for _, part in ipairs(job.parts) do
     if not part.done and not job:done() then
+      open_items(part)
       local terminal, err = spec.check(ctx, part)
+      close_items(job, part)
       if err then
         if err.retryable then
           hint = err.retry_after and max(hint or 0, err.retry_after) or hint
@@ -157,7 +171,6 @@ local function check_all(job)
       end
       hint = part.retry_after and max(hint or 0, part.retry_after) or hint
       part.retry_after = nil
-      if part.raw ~= nil then job.raw = part.raw end    -- the last status body seen
     end
   end
   job.checking = nil
@@ -284,7 +297,9 @@ local function cancel_at_provider(job)
   local spec, ctx = job.client.spec, request.new(job.client, job)
   for _, part in ipairs(job.parts) do
     if part.id and not part.done then
+      open_items(part)
       local ok, err = spec.cancel(ctx, part)
+      close_items(job, part)
       if not ok then part.cancel_error = err end
     end
   end
@@ -320,7 +335,7 @@ end
 function job_mt:snapshot()
   local parts = {}
   for i, p in ipairs(self.parts) do
-    parts[i] = { first = p.first, count = #p.inputs, id = p.id, done = p.done or nil }
+    parts[i] = { count = #p.inputs, id = p.id, done = p.done or nil }
   end
   return { v = 1, provider = self.provider, state = self.state, id = self.id,
            created_at = self.created_at, updated_at = self.updated_at, parts = parts }

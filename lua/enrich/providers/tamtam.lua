@@ -27,7 +27,7 @@ function P.auth(key) return { Authorization = key } end
 
 --- A person -> one request item; nil and a reason when there is nothing to
 --- look up. custom travels as our own row marker, never the caller's data.
-function P.prepare(input, opts)
+function P.prepare(input)
   if type(input) ~= "table" then return nil, "a person must be a table" end
   local first, last = N.text(input.first_name), N.text(input.last_name)
   if not first and not last and input.full_name then first, last = N.split_name(input.full_name) end
@@ -37,8 +37,9 @@ function P.prepare(input, opts)
   end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
   -- Fields set one by one: a constructor listing absent (nil) fields would
-  -- still reserve room for them, in every waiting job.
-  local p = { enrichment_type = opts.kind or "email" }
+  -- still reserve room for them, in every waiting job. The kind is the
+  -- job's (ctx.opts), not each person's.
+  local p = {}
   p.first_name, p.last_name, p.linkedin_url = first, last, linkedin
   p.company_name, p.company_domain = N.text(input.company), N.text(input.domain)
   return p
@@ -46,9 +47,10 @@ end
 
 function P.submit(ctx, part)
   local requests = {}
+  local kind = ctx.opts.kind or "email"
   for k, item in ipairs(part.inputs) do
     requests[k] = {
-      enrichment_type = item.enrichment_type, first_name = item.first_name,
+      enrichment_type = kind, first_name = item.first_name,
       last_name = item.last_name, linkedin_url = item.linkedin_url,
       company_name = item.company_name, company_domain = item.company_domain,
       custom = { row = tostring(k) },
@@ -101,7 +103,7 @@ function P.check(ctx, part)
     part.error = ctx:error("server", "tamtam reports the request failed", { provider_code = "FAILED" })
     return true
   end
-  local kind = part.inputs[1].enrichment_type
+  local kind = ctx.opts.kind or "email"
   local charged = 0
   for pos, r in ipairs(N.array(N.value(body.results))) do
     -- Correlate by our row marker; fall back to position (sheet §3.2).
