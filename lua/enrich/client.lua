@@ -87,6 +87,17 @@ function _M.new(sched, name_or_spec, opts)
   json.Accept = json.Accept or "application/json"
   json["Content-Type"] = "application/json"
   function c.headers(with_json) return with_json and json or plain end
+  -- Provider texts go into error messages; one that echoes the key
+  -- ("invalid key sk_…") must not carry it into logs.
+  function c.redact(s)
+    if type(s) ~= "string" or #key < 4 then return s end
+    local from, to = s:find(key, 1, true)
+    while from do
+      s = s:sub(1, from - 1) .. "[redacted]" .. s:sub(to + 1)
+      from, to = s:find(key, from + 10, true)
+    end
+    return s
+  end
   c.shared = shared_state(spec, key, rate, opts.rate ~= nil)
   return c
 end

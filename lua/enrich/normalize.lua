@@ -41,9 +41,12 @@ function _M.split_name(full)
   return (full:match("^%s*(.-)%s*$")), nil
 end
 
+local byte = string.byte
+
 --- The trimmed string of s, or nil when it is not a non-empty string.
 function _M.text(s)
-  if type(s) ~= "string" then return nil end
+  if type(s) ~= "string" or s == "" then return nil end
+  if byte(s, 1) > 32 and byte(s, -1) > 32 then return s end   -- the usual case: nothing to trim
   s = s:match("^%s*(.-)%s*$")
   return s ~= "" and s or nil
 end

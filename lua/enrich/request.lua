@@ -74,7 +74,9 @@ local function http_error(self, c)
   if after then fields.retry_after = after end
   -- A 429 (or a provider-marked refusal) was not processed: safe to resend.
   if fields.unprocessed == nil then fields.unprocessed = c.status == 429 end
-  return self:error(code, message or ("HTTP " .. c.status .. ": " .. excerpt(c.body)), fields)
+  message = message or ("HTTP " .. c.status .. ": " .. excerpt(c.body))
+  fields.provider_code = self.client.redact(fields.provider_code)
+  return self:error(code, self.client.redact(message), fields)
 end
 
 local function classify(self, c, req)

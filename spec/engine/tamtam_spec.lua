@@ -193,6 +193,15 @@ describe("tamtam through the engine", function()
     assert.is_true(require("enrich.core").now() - t0 >= 0.4)
   end)
 
+  it("redacts the key when a provider's error text echoes it", function()
+    support.fault(sim, { type = 401, provider = "tamtam", method = "POST", count = 1,
+                         body = { title = "Unauthorized", detail = "key sk_echoed_4242 is not valid" } })
+    local job = support.run_job(support.client(sim, "tamtam", { api_key = "sk_echoed_4242" }), { person("A", "B") })
+    assert.equal("auth", job.error.code)
+    assert.matches("%[redacted%]", job.error.message)
+    assert.is_nil(tostring(job.error):find("sk_echoed_4242", 1, true))
+  end)
+
   it("never shows the key in errors or in the client", function()
     support.configure(sim, { revoke = "sk_secret_123" })
     local client = support.client(sim, "tamtam", { api_key = "sk_secret_123" })
