@@ -10,7 +10,8 @@ local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local request = require "enrich.request"
 
-local ipairs, type, next, min, max, os_time = ipairs, type, next, math.min, math.max, os.time
+local ipairs, pairs, type, next, getmetatable, min, max, os_time =
+  ipairs, pairs, type, next, getmetatable, math.min, math.max, os.time
 local iso = policy.iso8601
 
 local _M = { _VERSION = "0.1.0" }
@@ -331,11 +332,33 @@ function job_mt:cancel()
   return self
 end
 
---- Plain data to rebuild the job from (no secrets, no functions).
+-- Part fields the engine owns or rebuilds: everything else a provider keeps
+-- on a part (puffle's idempotency key, say) is its state, and a snapshot
+-- keeps it, or a resumed job might pay twice.
+local ENGINE_PART_FIELDS = { inputs = true, items = true, raw = true, error = true, done = true }
+
+local function plain(v, depth)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then return v end
+  if t ~= "table" or depth > 4 or getmetatable(v) then return nil end
+  local out = {}
+  for k, x in pairs(v) do
+    if type(k) == "string" or type(k) == "number" then out[k] = plain(x, depth + 1) end
+  end
+  return out
+end
+
+--- Plain data to rebuild the job from: versioned, JSON-encodable, no
+--- secrets (the key is never on a job), no functions.
 function job_mt:snapshot()
   local parts = {}
   for i, p in ipairs(self.parts) do
-    parts[i] = { count = #p.inputs, id = p.id, done = p.done or nil }
+    local s = { count = #p.inputs, done = p.done or nil }
+    for k, v in pairs(p) do
+      if not ENGINE_PART_FIELDS[k] then s[k] = plain(v, 0) end
+    end
+    if p.error then s.error = { code = p.error.code, message = p.error.message } end
+    parts[i] = s
   end
   return { v = 1, provider = self.provider, state = self.state, id = self.id,
            created_at = self.created_at, updated_at = self.updated_at, parts = parts }
