@@ -68,14 +68,13 @@ local function http_error(self, c)
   local code = fields.code or errors.code_for_status(c.status)
   fields.code = nil
   fields.status = c.status
-  fields.provider_code = provider_code
   -- The header wins over anything a body says about when to come back.
   local after = policy.parse_retry_after(c.headers["retry-after"])
   if after then fields.retry_after = after end
   -- A 429 (or a provider-marked refusal) was not processed: safe to resend.
   if fields.unprocessed == nil then fields.unprocessed = c.status == 429 end
   message = message or ("HTTP " .. c.status .. ": " .. excerpt(c.body))
-  fields.provider_code = self.client.redact(fields.provider_code)
+  fields.provider_code = self.client.redact(provider_code)
   return self:error(code, self.client.redact(message), fields)
 end
 
@@ -118,8 +117,10 @@ function ctx_mt:call(req)
   local attempt = 0
   while true do
     attempt = attempt + 1
-    client:throttle()
+    -- The token comes last, once the slot is held: a request then goes out
+    -- right after its token, and the provider's rate holds for sends too.
     local host = self.sched:slot(client.host)
+    client:throttle()
     transfer.method, transfer.url, transfer.body = method, url, body
     transfer.headers = client.headers(req.json ~= nil)
     transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout
