@@ -64,6 +64,11 @@ end
 -- one value (two parallel arrays: no table per wake).
 local NONE = {}
 
+-- Work waits to run this turn: woken tasks, or steps not yet started.
+local function queued(self)
+  return self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail
+end
+
 local function enqueue(self, co, value)
   local t = self.ready_tail + 1
   self.ready_tail = t
@@ -275,7 +280,7 @@ function sched_mt:step(max_wait, budget)
   fire_timers(self, now(), limit)
   run_ready(self, limit)
   local wait = max_wait or 0
-  if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then
+  if queued(self) then
     wait = 0
   else
     local top = self.timers:peek()
@@ -305,15 +310,14 @@ end
 
 --- True when nothing at all could wake a parked task any more.
 function sched_mt:idle()
-  return self.ready_head > self.ready_tail and self.starting.head > self.starting.tail
-     and self.timers.n == 0 and self.engine:pending() == 0
+  return not queued(self) and self.timers.n == 0 and self.engine:pending() == 0
 end
 
 --- Seconds until the loop has something to do without I/O: 0 when work is
 --- ready, the time to the next timer, or nil when there is none. (A foreign
 --- loop waits for this or for engine:fd() to turn readable, then ticks.)
 function sched_mt:next_wakeup()
-  if self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail then return 0 end
+  if queued(self) then return 0 end
   if self.engine:timeout() == 0 then return 0 end        -- completions wait in the core
   local top = self.timers:peek()
   if not top then return nil end
