@@ -237,6 +237,22 @@ function job_mt:start()
   return self
 end
 
+--- Adds `w` (a task's coroutine or a host's callback) to the job's waiter
+--- list `list` ("waiters": the job's end; "check_waiters": its next check).
+function _M.add_waiter(job, list, w)
+  local waiters = job[list] or {}
+  job[list] = waiters
+  for _, x in ipairs(waiters) do if x == w then return end end
+  waiters[#waiters + 1] = w
+end
+
+--- Takes `w` off the list again (its wait timed out).
+function _M.remove_waiter(job, list, w)
+  for i, x in ipairs(job[list] or {}) do
+    if x == w then return table.remove(job[list], i) end
+  end
+end
+
 -- Waits (yielding in a task, driving the loop otherwise) until pred() or
 -- `timeout` seconds; `list` names the job's waiter list to join.
 local function wait_for(job, list, pred, timeout)
@@ -245,9 +261,7 @@ local function wait_for(job, list, pred, timeout)
   local deadline = timeout and sched.now() + timeout
   if sched:current() then
     local co = coroutine.running()
-    job[list] = job[list] or {}
-    local waiters = job[list]
-    waiters[#waiters + 1] = co
+    _M.add_waiter(job, list, co)
     local timer
     if deadline then
       timer = { on_timer = function() sched:wake(co, false) end }
@@ -255,9 +269,7 @@ local function wait_for(job, list, pred, timeout)
     end
     local woke = sched:park()
     if timer then sched:cancel_timer(timer) end
-    if not woke then
-      for i, w in ipairs(job[list] or {}) do if w == co then table.remove(job[list], i) break end end
-    end
+    if not woke then _M.remove_waiter(job, list, co) end
     return pred()
   end
   if sched.host_wait then return sched.host_wait(job, list, pred, deadline) end

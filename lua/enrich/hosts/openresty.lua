@@ -11,10 +11,11 @@
 --   }
 -- luacheck: read_globals ngx
 local enrich = require "enrich"
+local jobs = require "enrich.job"
 local semaphore = require "ngx.semaphore"
 
 local ngx = ngx
-local min, max, ipairs, table_remove = math.min, math.max, ipairs, table.remove
+local min, max, pairs, tostring = math.min, math.max, pairs, tostring
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -55,14 +56,12 @@ local function host_wait(job, list, pred, deadline)
   local sema = semaphore.new()
   local function post() sema:post(1) end
   while not pred() do
-    local waiters = job[list] or {}
-    job[list] = waiters
-    waiters[#waiters + 1] = post
     local left = deadline and deadline - now() or 3600
     if left <= 0 then
-      for i, w in ipairs(job[list] or {}) do if w == post then table_remove(job[list], i) break end end
+      jobs.remove_waiter(job, list, post)
       return pred()
     end
+    jobs.add_waiter(job, list, post)       -- again after each wake: waking empties the list
     sema:wait(left)
   end
   return true
