@@ -161,21 +161,6 @@ static const char *const ENGINE_OPTIONS[] = {
   "max_redirects", "json_decode", "json_max_depth", "timings", NULL
 };
 
-static void check_options(lua_State *L, int idx) {
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    int ok = 0;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *k = lua_tostring(L, -1);
-      for (int i = 0; ENGINE_OPTIONS[i]; i++) if (strcmp(k, ENGINE_OPTIONS[i]) == 0) ok = 1;
-      if (!ok) luaL_error(L, "core.new: unknown option '%s'", k);
-    } else {
-      luaL_error(L, "core.new: option names must be strings");
-    }
-  }
-}
-
 static long int_option(lua_State *L, int idx, const char *name, long dflt, long lo, long hi) {
   lua_getfield(L, idx, name);
   long v = dflt;
@@ -251,7 +236,7 @@ static int core_new(lua_State *L) {
   if (has_opts) luaL_checktype(L, 1, LUA_TTABLE);
   else { lua_settop(L, 0); lua_newtable(L); }
   lua_settop(L, 1);
-  check_options(L, 1);
+  ec_check_fields(L, 1, ENGINE_OPTIONS, "core.new");
 
   ec_settings s;
   memset(&s, 0, sizeof s);

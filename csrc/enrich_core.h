@@ -87,6 +87,7 @@ void ec_list_push(ec_list *l, ec_xfer *x);
 void ec_list_remove(ec_list *l, ec_xfer *x);
 
 /* xfer.c: option helpers shared with core.c (they raise on misuse) */
+void ec_check_fields(lua_State *L, int idx, const char *const *names, const char *what);
 long ec_seconds_field(lua_State *L, int idx, const char *name, long dflt);
 size_t ec_size_field(lua_State *L, int idx, const char *name, size_t dflt);
 

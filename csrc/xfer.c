@@ -63,8 +63,8 @@ static const char *const METHODS[] = {
   "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", NULL
 };
 
-static void check_known_fields(lua_State *L, int idx, const char *const *names,
-                               const char *what) {
+/* Raises on a key of the table at idx that is not in names (misuse). */
+void ec_check_fields(lua_State *L, int idx, const char *const *names, const char *what) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int ok = 0;
@@ -141,7 +141,7 @@ static void check_headers(lua_State *L, int idx) {
 
 static void check_request(lua_State *L, ec_engine *e, int idx, ec_request *r) {
   luaL_checktype(L, idx, LUA_TTABLE);
-  check_known_fields(L, idx, REQUEST_FIELDS, "submit");
+  ec_check_fields(L, idx, REQUEST_FIELDS, "submit");
 
   lua_getfield(L, idx, "url");
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "submit: 'url' (a string) is required");
