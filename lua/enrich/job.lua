@@ -157,10 +157,12 @@ local function check_all(job)
   local spec, ctx = job.client.spec, request.new(job.client, job)
   local hint
   for _, part in ipairs(job.parts) do
-    if not part.done and not job:done() then
+    if not part.done and not job:done() and not job.cancelling then
       open_items(part)
       local terminal, err = spec.check(ctx, part)
-      close_items(job, part)
+      -- A cancel begun meanwhile may be filling this part's items: it
+      -- tidies the part itself (cancel_at_provider).
+      if not job.cancelling then close_items(job, part) end
       if err then
         if err.retryable then
           hint = err.retry_after and max(hint or 0, err.retry_after) or hint
@@ -175,7 +177,7 @@ local function check_all(job)
     end
   end
   job.checking = nil
-  if job:done() then return end          -- cancelled meanwhile
+  if job:done() or job.cancelling then return end   -- the cancel ends the job, and wakes its waiters
   job.polls = job.polls + 1
   touch(job)
   local all = true
@@ -325,6 +327,9 @@ function job_mt:cancel()
   local sched = self.client.sched
   sched:cancel_timer(self)
   if self.client.spec.cancel and self.state == "running" then
+    -- Until the job ends below, a poll under way leaves the parts to the
+    -- cancel, and no further poll starts (check_all).
+    self.cancelling = true
     if sched:current() then
       pcall(cancel_at_provider, self)
     else
@@ -340,6 +345,7 @@ function job_mt:cancel()
       wait_for(self, "check_waiters", function() return over end, 60)
     end
   end
+  self.cancelling = nil
   finish(self, "cancelled", errors.new("cancelled", "job cancelled", { provider = self.provider }))
   return self
 end

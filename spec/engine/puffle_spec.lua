@@ -144,6 +144,33 @@ describe("puffle through the engine", function()
     assert.equal(1, stats.requests[ITEMS])
   end)
 
+  it("keeps what a cancel writes to a part while a poll of that part comes back meanwhile", function()
+    support.configure(sim, { puffle = { polls = 1000 } })
+    local c = client({ poll = { interval = 0.02, factor = 1, jitter = 0, deadline = 5 } })
+    local job = assert(c:submit({ lead("ld_jobhang_a", "1"), lead("ld_b", "2"), lead("ld_c", "3") }))
+    polled(job, 1)
+    -- The next status read takes 0.1 s; the cancel reaches puffle only after 0.3 s:
+    -- that poll still sees the run going, and ends while the cancel runs.
+    support.fault(sim, {
+      { type = "latency", seconds = 0.1, provider = "puffle", method = "GET", path = "^/api/enrichment/[^/]+$" },
+      { type = "latency", seconds = 0.3, after = false, provider = "puffle", method = "POST", path = "/cancel$" },
+    })
+    for _ = 1, 200 do
+      if job.checking then break end
+      enrich.sleep(0.005)
+    end
+    assert.is_true(job.checking)
+    job:cancel()
+    assert.equal("cancelled", job.state)
+    for i = 2, 3 do
+      assert.equal("failed", job.results[i].status)
+      assert.equal("cancelled", job.results[i].error.code)
+    end
+    -- The poll under way when the cancel began counts for nothing, and none follows.
+    assert.equal(1, job.polls)
+    assert.equal(3, support.stats(sim, "puffle").requests["GET /api/enrichment/{id}"])  -- 2 polls, 1 by cancel
+  end)
+
   it("treats 409 run_not_cancellable as cancelled and re-tries after run_status_changed", function()
     support.configure(sim, { puffle = { polls = 1000 } })
     local c = client({ poll = { interval = 0.02, factor = 1, jitter = 0, deadline = 5 } })
