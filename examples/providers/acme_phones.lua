@@ -9,6 +9,7 @@ local P = {
   batch_size = 25,                               -- Acme's own limit
   rate = { per_second = 5, burst = 5 },
   poll = { interval = 1, factor = 2, max_interval = 8, deadline = 300 },
+  keep_inputs = false,       -- check needs only part.count: sent inputs are dropped
 }
 
 function P.auth(key) return { Authorization = key } end
@@ -35,6 +36,7 @@ function P.check(ctx, part)
     return true
   end
   for k, r in ipairs(res.json.results) do
+    if k > part.count then break end         -- answers in request order, one per input
     local phone = type(r.phones) == "table" and r.phones[1]
     if r.status == "FAILED" then
       part.items[k] = { status = "failed", raw = r,

@@ -6,6 +6,10 @@
 -- Between polls a job is only an entry in the scheduler's timer heap (it is
 -- its own heap node); a coroutine exists only while a step does HTTP. A
 -- waiting job keeps at most 16 fields, so Lua sizes its table at 16 slots.
+-- A waiting part keeps only what the next check needs: Lua tables never
+-- shrink, so the engine replaces a part by a right-sized copy once it has
+-- dropped what it held during a step (inputs already sent, for a provider
+-- with keep_inputs = false; the items table and status body of a check).
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local request = require "enrich.request"
@@ -28,14 +32,16 @@ end
 
 --- A new job (not started). prepared[i] is the provider's form of inputs[i].
 function _M.new(client, inputs, prepared, opts)
-  local size = client.spec.batch_size or #prepared
+  local n = #prepared
+  local size = client.spec.batch_size or n
   local parts = {}
-  if #prepared <= size then
-    parts[1] = { inputs = prepared }   -- one part: no copy
+  if n <= size then
+    parts[1] = { inputs = prepared, count = n }   -- one part: no copy
   else
-    for first = 1, #prepared, size do
-      local part = { inputs = {} }
-      for i = first, min(first + size - 1, #prepared) do part.inputs[#part.inputs + 1] = prepared[i] end
+    for first = 1, n, size do
+      local last = min(first + size - 1, n)
+      local part = { inputs = {}, count = last - first + 1 }
+      for i = first, last do part.inputs[i - first + 1] = prepared[i] end
       parts[#parts + 1] = part
     end
   end
@@ -88,7 +94,7 @@ local function finish(job, forced, err)
   for _, part in ipairs(job.parts) do
     if part.error then part_errors = part_errors + 1 else parts_ok = parts_ok + 1 end
     if part.credits then credits = (credits or 0) + part.credits end
-    local count = #part.inputs
+    local count = part.count
     for k = 1, count do
       local index = first + k - 1
       local item = item_for(job, part, k, index)
@@ -151,12 +157,23 @@ local function close_items(job, part)
   if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
 end
 
+-- The part's fields in a fresh table (without `inputs` when `drop_inputs`):
+-- filled key by key, Lua sizes it to the next power of two of what is left,
+-- where the old table keeps every slot it ever grew to.
+local function compact(part, drop_inputs)
+  local copy = {}
+  for k, v in pairs(part) do
+    if k ~= "inputs" or not drop_inputs then copy[k] = v end
+  end
+  return copy
+end
+
 local function check_all(job)
   if job:done() then return end
   job.checking = true                   -- nil again after: a waiting job keeps no slot for it
   local spec, ctx = job.client.spec, request.new(job.client, job)
   local hint
-  for _, part in ipairs(job.parts) do
+  for i, part in ipairs(job.parts) do
     if not part.done and not job:done() and not job.cancelling then
       open_items(part)
       local terminal, err = spec.check(ctx, part)
@@ -174,6 +191,9 @@ local function check_all(job)
       end
       hint = part.retry_after and max(hint or 0, part.retry_after) or hint
       part.retry_after = nil
+      -- Still waiting: shed the slots the check grew. Not while a cancel
+      -- runs: it may hold this very table and still write to it.
+      if not (part.done or job:done() or job.cancelling) then job.parts[i] = compact(part) end
     end
   end
   job.checking = nil
@@ -203,7 +223,8 @@ end
 local function submit_all(job)
   local client, spec = job.client, job.client.spec
   local ctx = request.new(client, job)
-  for _, part in ipairs(job.parts) do
+  local drop_inputs = spec.keep_inputs == false
+  for i, part in ipairs(job.parts) do
     if job:done() then return end
     local blocked = client:blocked()
     if blocked then
@@ -216,6 +237,9 @@ local function submit_all(job)
         return
       elseif id then
         part.id = id
+        -- Sent: a provider whose check and cancel read only part.count
+        -- needs the inputs no more.
+        if drop_inputs then job.parts[i] = compact(part, true) end
         job.id = job.id or id
         job.state = "running"
         touch(job)
@@ -353,7 +377,7 @@ end
 -- Part fields the engine owns or rebuilds: everything else a provider keeps
 -- on a part (puffle's idempotency key, say) is its state, and a snapshot
 -- keeps it, or a resumed job might pay twice.
-local ENGINE_PART_FIELDS = { inputs = true, items = true, raw = true, error = true, done = true }
+local ENGINE_PART_FIELDS = { inputs = true, count = true, items = true, raw = true, error = true, done = true }
 
 local function plain(v, depth)
   local t = type(v)
@@ -371,7 +395,7 @@ end
 function job_mt:snapshot()
   local parts = {}
   for i, p in ipairs(self.parts) do
-    local s = { count = #p.inputs, done = p.done or nil }
+    local s = { count = p.count, done = p.done or nil }
     for k, v in pairs(p) do
       if not ENGINE_PART_FIELDS[k] then s[k] = plain(v, 0) end
     end

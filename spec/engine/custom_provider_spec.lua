@@ -52,6 +52,42 @@ describe("custom providers", function()
     assert.equal(3, support.stats(sim, "tamtam").requests["POST /v2/people/enrich"])
   end)
 
+  it("drops sent inputs of a provider with keep_inputs = false, and only of such a provider", function()
+    local keeper = {}
+    for k, v in pairs(acme) do keeper[k] = v end
+    keeper.name, keeper.keep_inputs = "acme_keeper", nil
+    local url = "https://www.linkedin.com/in/ada-byron"
+    for _, spec in ipairs({ acme, keeper }) do
+      local client = assert(enrich.client(spec, { api_key = "k", base_url = sim.url .. "/tamtam",
+        poll = { interval = 0.01, factor = 1000, max_interval = 60, jitter = 0, deadline = 120 } }))
+      local job = assert(client:submit({ { linkedin_url = url, custom = { row = 1 } } }))
+      for _ = 1, 500 do
+        if job.polls >= 1 then break end
+        enrich.sleep(0.01)
+      end
+      assert.equal("running", job.state)
+      local part = job.parts[1]
+      assert.equal(1, part.count)
+      if spec == acme then
+        assert.is_nil(part.inputs)
+      else
+        assert.equal(url, part.inputs[1].linkedin_url)
+      end
+      job:refresh()
+      assert.equal("succeeded", job.state)
+      assert.equal("found", job.results[1].status)
+      assert.equal(1, job.results[1].custom.row)
+    end
+  end)
+
+  it("refuses a keep_inputs that is not a boolean", function()
+    local bad = {}
+    for k, v in pairs(acme) do bad[k] = v end
+    bad.keep_inputs = "no"
+    assert.has_error(function() enrich.providers.register("bad_keep", bad) end,
+                     "provider 'bad_keep': 'keep_inputs' must be a boolean")
+  end)
+
   it("takes a provider table directly, without registering it", function()
     local client = assert(enrich.client(acme, { api_key = "k", base_url = sim.url .. "/tamtam",
                                                 poll = support.FAST.poll }))

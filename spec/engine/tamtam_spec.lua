@@ -183,6 +183,71 @@ describe("tamtam through the engine", function()
     assert.same({}, stats.duplicates)
   end)
 
+  -- Until the job has polled n times (bounded).
+  local function polled(job, n)
+    for _ = 1, 500 do
+      if job.polls >= n then return end
+      enrich.sleep(0.01)
+    end
+    error("job did not poll " .. n .. " times")
+  end
+
+  it("waits holding no prepared inputs, only each part's count; results still follow input order", function()
+    -- One "in progress" answer, then the next poll is an hour away: the job waits.
+    local client = support.client(sim, "tamtam", { rate = { per_second = 1000, burst = 1000 },
+      poll = { interval = 0.01, factor = 360000, max_interval = 3600, jitter = 0, deadline = 7200 } })
+    local inputs = {}
+    for i = 1, 230 do inputs[i] = person("P" .. i, i % 50 == 0 and "Notfound" or "Person", tostring(i)) end
+    local job = assert(client:submit(inputs))
+    polled(job, 1)
+    assert.equal("running", job.state)
+    assert.equal("PROCESSING", job.raw.status)
+    assert.equal(3, #job.parts)
+    for i, part in ipairs(job.parts) do
+      assert.is_nil(part.inputs)
+      assert.equal(i < 3 and 100 or 30, part.count)
+      assert.is_string(part.id)
+      assert.is_nil(part.items)
+      assert.is_nil(part.raw)
+      assert.is_nil(part.done)
+    end
+    local snap = job:snapshot()
+    assert.same({ 100, 100, 30 }, { snap.parts[1].count, snap.parts[2].count, snap.parts[3].count })
+    assert.is_nil(snap.parts[1].inputs)
+    assert.equal(job, job:refresh())                  -- the second poll: completed
+    assert.equal("succeeded", job.state)
+    assert.same({ total = 230, found = 226, not_found = 4, failed = 0, pending = 0 }, job.counts)
+    for i = 1, 230 do
+      local r = job.results[i]
+      assert.equal(i, r.index)
+      assert.equal(inputs[i], r.input)
+      assert.equal(tostring(i), r.custom.row)
+      assert.equal(i % 50 == 0 and "not_found" or "found", r.status)
+      if r.email then assert.matches("^p" .. i .. "%.", r.email) end
+    end
+    assert.equal(230, job.cost.credits)
+  end)
+
+  it("times out a waiting job whose inputs are gone with one item per input", function()
+    local client = support.client(sim, "tamtam", { poll = { interval = 0.01, factor = 1, jitter = 0, deadline = 0.3 } })
+    local job = support.run_job(client, { person("Slow", "Jobhang", "1"), person("Also", "Slow", "2") })
+    assert.equal("timed_out", job.state)
+    assert.is_nil(job.parts[1].inputs)
+    assert.same({ total = 2, found = 0, not_found = 0, failed = 0, pending = 2 }, job.counts)
+    assert.equal("2", job.results[2].custom.row)
+  end)
+
+  it("cancels a waiting job whose inputs are gone with one item per input", function()
+    local client = support.client(sim, "tamtam",
+      { poll = { interval = 0.01, factor = 1000, jitter = 0, deadline = 60 } })
+    local job = assert(client:submit({ person("Ada", "Byron", "1"), person("Grace", "Hopper", "2") }))
+    polled(job, 1)
+    job:cancel()
+    assert.equal("cancelled", job.state)
+    assert.same({ total = 2, found = 0, not_found = 0, failed = 0, pending = 2 }, job.counts)
+    assert.same({ "1", "2" }, { job.results[1].custom.row, job.results[2].custom.row })
+  end)
+
   it("applies a client's own rate to its key, even after another client of that key", function()
     local first = support.client(sim, "tamtam", { api_key = "shared-key" })
     local second = support.client(sim, "tamtam", { api_key = "shared-key", rate = { per_second = 2, burst = 1 } })

@@ -19,6 +19,7 @@ local FIELDS = {
   { "options", "table" }, { "poll", "table" }, { "retry", "table" },
   { "rate", "table" }, { "auth", "function" }, { "cancel", "function" },
   { "error", "function" }, { "idempotent_submit", "boolean" },
+  { "keep_inputs", "boolean" },
 }
 
 --- Raises with a clear message when spec is not a usable provider table.

@@ -6,6 +6,12 @@ local N = require "enrich.normalize"
 
 local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
 
+-- Once a part is sent the engine drops its inputs (keep_inputs = false):
+-- a row marker only has to name one of the part's `count` positions.
+local function in_part(part, k)
+  return k >= 1 and k <= part.count and k % 1 == 0
+end
+
 local P = {
   name = "tamtam",
   base_url = "https://api.tamtam.ai/api",
@@ -17,6 +23,7 @@ local P = {
   poll = { interval = 2, factor = 1.5, max_interval = 15, deadline = 900 },
   retry = { base = 1 },                          -- provider's advice: start at 1 s
   idempotent_submit = false,                     -- a re-POST reserves credits again
+  keep_inputs = false,                           -- check reads part.count, never the people
 }
 
 -- ASSUMPTION (sheet §8): email 1 credit, phone 10, charged for completed items.
@@ -108,7 +115,7 @@ function P.check(ctx, part)
   for pos, r in ipairs(N.array(N.value(body.results))) do
     -- Correlate by our row marker; fall back to position (sheet §3.2).
     local k = type(r.custom) == "table" and tonumber(r.custom.row) or pos
-    if part.inputs[k] then
+    if in_part(part, k) then
       local item = P.item(r, kind)
       part.items[k] = item
       if item.status == "found" or item.status == "not_found" then charged = charged + CREDITS[kind] end
