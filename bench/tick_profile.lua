@@ -10,7 +10,7 @@ local enrich = require "enrich"
 local core = require "enrich.core"
 local now = core.now
 
--- ENRICH_PROFILE_GAME: the game script to profile (bench/tick_budget.lua, say).
+-- ENRICH_PROFILE_GAME: the game script to profile (default examples/host/game.lua).
 local root = os.getenv("ENRICH_ROOT") or "."
 local game = assert(loadfile(os.getenv("ENRICH_PROFILE_GAME") or (root .. "/examples/host/game.lua")))(...)
 
@@ -44,11 +44,11 @@ end })
 sched.engine = proxy
 
 local step = sched.step
-sched.step = function(self, max_wait)
+sched.step = function(self, max_wait, budget)
   cur = { poll = 0, submit = 0, completions = 0, submits = 0, bytes = 0, inflight = 0,
           gc0 = collectgarbage("count") }
   local t0 = now()
-  local live = step(self, max_wait)
+  local live = step(self, max_wait, budget)
   cur.total, cur.at = now() - t0, t0 - start
   cur.kb = collectgarbage("count") - cur.gc0
   ticks[#ticks + 1] = cur

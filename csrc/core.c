@@ -4,6 +4,7 @@
  * decoder, from poll, outside libcurl. */
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include "enrich_core.h"
 
 /* ---- the engine handle -------------------------------------------------- */
@@ -97,16 +98,21 @@ static int eng_cancel(lua_State *L) {
 
 /* ---- poll --------------------------------------------------------------- */
 
-/* poll(timeout [, max]): at most `max` completions are handed over (the
- * rest stay here for the next poll), and at most `max` ready sockets are
- * serviced per wait: a host bounds the work of one frame. */
+/* poll(timeout [, max [, work]]): at most `max` completions are handed
+ * over (the rest stay here for the next poll), and at most `max` ready
+ * sockets are serviced per wait; with `work` (seconds), servicing stops
+ * once that much time has gone after the wait (one socket is serviced at
+ * least): a host bounds the work of one frame. */
 static int eng_poll(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
   luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0 seconds");
   lua_Integer max = luaL_optinteger(L, 3, 0);
   luaL_argcheck(L, max >= 0, 3, "max must be >= 0 (0: no limit)");
-  ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max);
+  lua_Number work = luaL_optnumber(L, 4, -1);
+  luaL_argcheck(L, lua_isnoneornil(L, 4) || work >= 0, 4, "work must be >= 0 seconds");
+  double start = ec_now();
+  ec_loop_run(e, start + timeout, max > 64 ? 64 : (int)max, work >= 0 ? start + timeout + work : HUGE_VAL);
 
   push_engine_table(L, e);
   int tidx = lua_gettop(L);

@@ -89,8 +89,10 @@ void ec_loop_close(ec_engine *e) {
 int ec_loop_fd(const ec_engine *e) { return e->epfd; }
 
 /* Every call makes at least one non-blocking pass over ready sockets, so
- * poll(0) from a host's frame loop always makes progress. */
-void ec_loop_run(ec_engine *e, double deadline, int max_events) {
+ * poll(0) from a host's frame loop always makes progress. Once `work_until`
+ * has passed, the sockets still ready wait for the next call (epoll reports
+ * them again): one servicing, at least, per call. */
+void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_until) {
   struct epoll_event evs[64];
   if (max_events <= 0 || max_events > 64) max_events = 64;
   int running;
@@ -106,6 +108,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events) {
     if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
     int n = epoll_wait(e->epfd, evs, max_events, to_ms(wait));
     for (int i = 0; i < n; i++) {
+      if (i > 0 && ec_now() >= work_until) break;
       int flags = 0;
       if (evs[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
       if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
@@ -143,8 +146,8 @@ static void wait_for(ec_engine *e, int ms) {
 #endif
 }
 
-void ec_loop_run(ec_engine *e, double deadline, int max_events) {
-  (void)max_events;                 /* perform() has no such bound */
+void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_until) {
+  (void)max_events; (void)work_until;   /* perform() has no such bounds */
   for (;;) {
     int running;
     curl_multi_perform(e->multi, &running);

@@ -205,6 +205,20 @@ describe("enrich.core", function()
       assert.has_error(function() engine:poll(0, -1) end)
     end)
 
+    it("with a work bound of 0 still makes progress, one socket at least per call", function()
+      for i = 1, 5 do engine:submit { url = base .. "/json?w=" .. i } end
+      local got, calls = 0, 0
+      for _ = 1, 2000 do
+        calls = calls + 1
+        got = got + #engine:poll(0, 0, 0)
+        if got == 5 then break end
+        require("socket").sleep(0.001)
+      end
+      assert.equal(5, got)
+      assert.has_error(function() engine:poll(0, 1, -1) end)
+      assert.has_error(function() engine:poll(0, 1, "soon") end)
+    end)
+
     it("raises on a negative timeout", function()
       assert.has_error(function() engine:poll(-1) end)
     end)

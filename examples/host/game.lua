@@ -28,7 +28,7 @@ local client = assert(enrich.client("tamtam", {
 
 -- A frame-paced host bounds the work one tick may start (seconds); the
 -- rest waits for the next frame. ENRICH_TICK_BUDGET=0 turns it off.
-local budget = tonumber(os.getenv("ENRICH_TICK_BUDGET") or "0.0005")
+local budget = tonumber(os.getenv("ENRICH_TICK_BUDGET") or "0.0004")
 enrich.TICK_BUDGET = budget and budget > 0 and budget or nil
 
 -- The collector, too, works in small steps: a frame must not pay for a big

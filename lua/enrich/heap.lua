@@ -10,34 +10,40 @@ heap_mt.__index = heap_mt
 function _M.new() return setmetatable({ n = 0 }, heap_mt) end
 
 -- Ties break on `seq`, so timers set for the same instant fire in order.
-local function less(a, b)
-  return a.at < b.at or (a.at == b.at and a.seq < b.seq)
-end
-
-local function place(h, i, x) h[i] = x; x.hi = i end
+-- The comparison is written out in up() and down(): they run for every
+-- poll of every job, and a call per level would double their cost.
 
 local function up(h, i)
   local x = h[i]
+  local at, sq = x.at, x.seq
   while i > 1 do
     local p = floor(i / 2)
-    if not less(x, h[p]) then break end
-    place(h, i, h[p])
+    local y = h[p]
+    local yat = y.at
+    if not (at < yat or (at == yat and sq < y.seq)) then break end
+    h[i] = y; y.hi = i
     i = p
   end
-  place(h, i, x)
+  h[i] = x; x.hi = i
 end
 
 local function down(h, i)
   local n, x = h.n, h[i]
+  local at, sq = x.at, x.seq
   while true do
     local c = 2 * i
     if c > n then break end
-    if c < n and less(h[c + 1], h[c]) then c = c + 1 end
-    if not less(h[c], x) then break end
-    place(h, i, h[c])
+    local y = h[c]
+    if c < n then
+      local z = h[c + 1]
+      if z.at < y.at or (z.at == y.at and z.seq < y.seq) then c, y = c + 1, z end
+    end
+    local yat = y.at
+    if not (yat < at or (yat == at and y.seq < sq)) then break end
+    h[i] = y; y.hi = i
     i = c
   end
-  place(h, i, x)
+  h[i] = x; x.hi = i
 end
 
 local seq = 0
@@ -51,9 +57,10 @@ function heap_mt:push(x, at)
     down(self, x.hi)
     return
   end
-  self.n = self.n + 1
-  place(self, self.n, x)
-  up(self, self.n)
+  local n = self.n + 1
+  self.n = n
+  self[n] = x; x.hi = n
+  up(self, n)
 end
 
 function heap_mt:peek() return self[1] end
@@ -66,7 +73,7 @@ function heap_mt:remove(x)
   self.n = self.n - 1
   x.hi = nil
   if i <= self.n then
-    place(self, i, last)
+    self[i] = last; last.hi = i
     up(self, i)
     down(self, last.hi)
   end

@@ -86,14 +86,13 @@ local function classify(self, c, req)
     return nil, e
   end
   if c.status < 200 or c.status > 299 then return nil, http_error(self, c) end
-  local res = { status = c.status, headers = c.headers, json = c.json, body = c.body }
   if req.expect_json ~= false and type(c.json) ~= "table" then
     -- Retryable: a garbled body is more often a passing fault than a change
     -- of API, and the requests that may be resent are safe to resend.
     return nil, self:error("protocol", "expected a JSON object or array, got: "
       .. (c.json_error or excerpt(c.body)), { status = c.status, retryable = true })
   end
-  return res
+  return c                              -- the core's record is res: status, headers, json, body
 end
 
 -- One table reused for every transfer: it is filled only once the slot is
@@ -121,6 +120,7 @@ function ctx_mt:call(req)
     -- right after its token, and the provider's rate holds for sends too.
     local host = self.sched:slot(client.host)
     client:throttle()
+    self.sched:pace()
     transfer.method, transfer.url, transfer.body = method, url, body
     transfer.headers = client.headers(req.json ~= nil)
     transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout

@@ -44,6 +44,9 @@ function _M.new(opts)
     waiting = {},        -- transfer id -> coroutine
     ready = {}, ready_val = {}, ready_head = 1, ready_tail = 0,
     pool = {},           -- idle worker coroutines for engine steps
+    free_tasks = {},     -- records of finished engine steps, for reuse
+    deferred = {},       -- tasks whose transfer waits for the next budgeted turn
+    starts_left = nil,   -- new transfers this budgeted turn may still start
     starting = { head = 1, tail = 0 },  -- engine steps not yet started
     tasks = {},          -- coroutine -> task record, for every task we run
     user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
@@ -76,8 +79,8 @@ local function enqueue(self, co, value)
   self.ready_val[t] = value == nil and NONE or value
 end
 
-local function finish_task(self, task, ok, ...)
-  self.tasks[task.co] = nil
+local function finish_task(self, co, task, ok, ...)
+  self.tasks[co] = nil
   if task.user then self.user_tasks = self.user_tasks - 1 end
   if not ok then
     if task.on_error then task.on_error(..., task.arg) else self.failure = self.failure or ... end
@@ -86,8 +89,12 @@ local function finish_task(self, task, ok, ...)
   end
 end
 
+-- A worker that leaves a full pool ends with IDLE: its step is over, and
+-- already accounted for.
+local IDLE = {}
+
 local function after_resume(self, co, task, ok, ...)
-  if co_status(co) == "dead" then finish_task(self, task, ok, ...) end
+  if co_status(co) == "dead" and not (ok and ... == IDLE) then finish_task(self, co, task, ok, ...) end
 end
 
 local function resume(self, co, value)
@@ -100,8 +107,15 @@ end
 -- Engine steps (a job's submit, a poll, a cancel) run on pooled worker
 -- coroutines: a step is short, and jobs take many of them. A worker parks
 -- with IDLE between steps; its task record says what to run next.
-local IDLE = {}
 local POOL_MAX = 256
+
+-- A finished step's record goes back to a free list: a job takes a step
+-- per poll, and a record made afresh each time is garbage each time.
+local function recycle(self, task)
+  task.fn, task.arg, task.on_done, task.on_error, task.co = nil, nil, nil, nil, nil
+  local free = self.free_tasks
+  if #free < POOL_MAX then free[#free + 1] = task end
+end
 
 local function new_worker(self)
   local co
@@ -109,12 +123,14 @@ local function new_worker(self)
     while true do
       local ok, err = pcall(task.fn, task.arg)
       self.tasks[co] = nil
+      local fn_arg, on_done, on_error = task.arg, task.on_done, task.on_error
+      recycle(self, task)
       if not ok then
-        if task.on_error then task.on_error(err, task.arg) else self.failure = self.failure or err end
-      elseif task.on_done then
-        task.on_done()
+        if on_error then on_error(err, fn_arg) else self.failure = self.failure or err end
+      elseif on_done then
+        on_done()
       end
-      if #self.pool >= POOL_MAX then return end
+      if #self.pool >= POOL_MAX then return IDLE end
       self.pool[#self.pool + 1] = co
       task = co_yield(IDLE)
     end
@@ -128,7 +144,14 @@ end
 --- runs it: in OpenResty a coroutine must be made and resumed by the same
 --- light thread (the driver timer), not by the request that submitted.
 function sched_mt:step_task(fn, arg, opts)
-  local task = { fn = fn, arg = arg }
+  local free = self.free_tasks
+  local task = free[#free]
+  if task then
+    free[#free] = nil
+    task.fn, task.arg = fn, arg
+  else
+    task = { fn = fn, arg = arg, on_done = false, on_error = false, co = false }
+  end
   if opts then task.on_done, task.on_error = opts.on_done, opts.on_error end
   local q = self.starting
   q.tail = q.tail + 1
@@ -214,11 +237,28 @@ function sched_mt:slot(host)
   return host
 end
 
+--- In a turn with a budget (see step), waits until the turn has a share of
+--- new transfers left, so a burst spreads over frames; otherwise returns at
+--- once. Call it right before transfer().
+function sched_mt:pace()
+  if not self.starts_left then return end
+  while self.starts_left <= 0 do
+    local d = self.deferred
+    d[#d + 1] = co_running()
+    co_yield()                             -- resumed by the next turn
+    if not self.starts_left then return end
+  end
+  self.starts_left = self.starts_left - 1
+end
+
 --- Sends one HTTP request from a task and returns its completion record.
 --- `host` is a slot taken with slot(); without it one is taken here. The
 --- core copies req during submit, so a caller may reuse the table after.
 function sched_mt:transfer(req, host)
-  host = host or self:slot(_M.host_of(req.url))
+  if not host then
+    host = self:slot(_M.host_of(req.url))
+    self:pace()
+  end
   local id = self.engine:submit(req)
   self.waiting[id] = co_running()
   self.host_of[id] = host
@@ -266,8 +306,22 @@ local function fire_timers(self, t, limit)
   end
 end
 
--- Completions (and ready sockets) handled per poll when a turn has a budget.
-_M.BUDGET_COMPLETIONS = 8
+-- A turn with a budget hands libcurl at most BUDGET_TRANSFERS new transfers
+-- (each costs a connect and a send inside the next poll) and takes at most
+-- BUDGET_COMPLETIONS completions (and ready sockets) per poll; the rest
+-- waits for the next turn.
+_M.BUDGET_TRANSFERS = 2
+_M.BUDGET_COMPLETIONS = 4
+
+-- The transfers deferred by the last turn go first in this one.
+local function begin_turn(self, budget)
+  self.starts_left = budget and _M.BUDGET_TRANSFERS or nil
+  local d = self.deferred
+  if #d > 0 then
+    self.deferred = {}
+    for i = 1, #d do enqueue(self, d[i]) end
+  end
+end
 
 --- One turn: runs what is ready, fires due timers, waits for transfers at
 --- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
@@ -276,6 +330,7 @@ _M.BUDGET_COMPLETIONS = 8
 --- waits, queued, for the next turn. Returns the live jobs and tasks.
 function sched_mt:step(max_wait, budget)
   local limit = budget and now() + budget
+  begin_turn(self, budget)
   run_ready(self, limit)
   fire_timers(self, now(), limit)
   run_ready(self, limit)
@@ -287,7 +342,12 @@ function sched_mt:step(max_wait, budget)
     if top then wait = min(wait, max(top.at - now(), 0)) end
   end
   if not over(limit) then
-    local done = self.engine:poll(wait, budget and _M.BUDGET_COMPLETIONS or nil)
+    local done
+    if limit then
+      done = self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0))
+    else
+      done = self.engine:poll(wait)
+    end
     for i = 1, #done do
       local c = done[i]
       local co = self.waiting[c.id]

@@ -93,6 +93,30 @@ describe("jobs and the loop", function()
     assert.has_error(function() enrich.tick("soon") end)
   end)
 
+  it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, the rest in order", function()
+    local scheduler = require "enrich.scheduler"
+    local engine = enrich.scheduler().engine
+    local client = slow_client(1)
+    local jobs = {}
+    for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "P" .. i, last_name = "Paced" } })) end
+    enrich.tick(1)                           -- a generous time budget: only the share limits
+    assert.equal(scheduler.BUDGET_TRANSFERS, engine:pending())
+    local most, ticks = 0, 0
+    while ticks < 5000 and enrich.tick(1) > 0 do
+      ticks = ticks + 1
+      most = math.max(most, engine:pending())
+      require("socket").sleep(0.001)
+    end
+    for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
+    assert.is_true(most <= 10)
+    -- Unbudgeted, every submit goes out in the first turn.
+    for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "Q" .. i, last_name = "Free" } })) end
+    enrich.tick()
+    assert.equal(10, engine:pending())
+    while ticks < 10000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.001) end
+    for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
+  end)
+
   it("wait(timeout) gives a timeout error while the job goes on", function()
     local client = slow_client(1000)
     local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
