@@ -217,7 +217,7 @@ end
 
 -- The heap calls this when the next poll is due.
 function job_mt:on_timer(sched)
-  sched:step_task(check_all, self, STEP)
+  sched:step_task(check_all, self, STEP, self.client.host)
 end
 
 local function submit_all(job)
@@ -259,7 +259,7 @@ end
 function job_mt:start()
   self.deadline = self.client.sched.now() + self.client.poll.deadline
   self.client.sched.live_jobs = self.client.sched.live_jobs + 1
-  self.client.sched:step_task(submit_all, self, STEP)
+  self.client.sched:step_task(submit_all, self, STEP, self.client.host)
   return self
 end
 

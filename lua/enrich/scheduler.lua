@@ -112,7 +112,7 @@ local POOL_MAX = 256
 -- A finished step's record goes back to a free list: a job takes a step
 -- per poll, and a record made afresh each time is garbage each time.
 local function recycle(self, task)
-  task.fn, task.arg, task.on_done, task.on_error, task.co = nil, nil, nil, nil, nil
+  task.fn, task.arg, task.on_done, task.on_error, task.co, task.host, task.unheld = nil, nil, nil, nil, nil, nil, nil
   local free = self.free_tasks
   if #free < POOL_MAX then free[#free + 1] = task end
 end
@@ -143,14 +143,16 @@ end
 --- raised from run()/tick(). The step gets its coroutine only when the loop
 --- runs it: in OpenResty a coroutine must be made and resumed by the same
 --- light thread (the driver timer), not by the request that submitted.
-function sched_mt:step_task(fn, arg, opts)
+--- `host` (see host_of): where the step sends its first request; while that
+--- host's slots are all taken, the step waits unstarted.
+function sched_mt:step_task(fn, arg, opts, host)
   local free = self.free_tasks
   local task = free[#free]
   if task then
     free[#free] = nil
-    task.fn, task.arg = fn, arg
+    task.fn, task.arg, task.host = fn, arg, host
   else
-    task = { fn = fn, arg = arg, on_done = false, on_error = false, co = false }
+    task = { fn = fn, arg = arg, on_done = false, on_error = false, co = false, host = host, unheld = false }
   end
   if opts then task.on_done, task.on_error = opts.on_done, opts.on_error end
   local q = self.starting
@@ -162,17 +164,65 @@ end
 -- `limit`: a time (core.now) after which no more work is started this turn.
 local function over(limit) return limit and now() >= limit end
 
+-- Per host: `n` transfers in flight, the coroutines parked for a slot
+-- (h[head..tail]), and `held`: steps not started because every slot was
+-- taken when their turn came.
+local function host_state(self, host)
+  local h = self.hosts[host]
+  if not h then
+    h = { n = 0, head = 1, tail = 0, held = { head = 1, tail = 0 } }
+    self.hosts[host] = h
+  end
+  return h
+end
+
+-- A step for a host with no free slot waits as a record, not as a parked
+-- coroutine: ten thousand queued submits cost no stacks, and the
+-- collector's atomic phase has no coroutines to walk for them.
+local function hold(self, task)
+  if not task.host then return false end
+  local h = host_state(self, task.host)
+  if h.n < self.per_host then return false end
+  local held = h.held
+  if task.unheld then                    -- was first in line already: stays first
+    held.head = held.head - 1
+    held[held.head] = task
+  else
+    held.tail = held.tail + 1
+    held[held.tail] = task
+  end
+  return true
+end
+
+-- A slot came free and no coroutine waits for it: the oldest held step
+-- goes back to the start queue (it takes a slot when it sends).
+local function unhold(self, h)
+  local held = h.held
+  if held.head > held.tail then return end
+  local task = held[held.head]
+  held[held.head] = nil
+  held.head = held.head + 1
+  if held.head > held.tail then held.head, held.tail = 1, 0 end
+  task.unheld = true
+  local q = self.starting
+  q.tail = q.tail + 1
+  q[q.tail] = task
+end
+
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
-  while q.head <= q.tail and not over(limit) do
+  local last = q.tail                    -- steps unheld meanwhile wait for the next pass
+  while q.head <= last and not over(limit) do
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
-    local co = pool[#pool]
-    if co then pool[#pool] = nil else co = new_worker(self) end
-    task.co = co
-    self.tasks[co] = task
-    resume(self, co, task)
+    if not hold(self, task) then
+      local co = pool[#pool]
+      if co then pool[#pool] = nil else co = new_worker(self) end
+      task.co = co
+      self.tasks[co] = task
+      resume(self, co, task)
+    end
   end
   if q.head > q.tail then q.head, q.tail = 1, 0 end
 end
@@ -222,11 +272,7 @@ end
 --- Takes a transfer slot for `host` (see host_of), parking the running task
 --- until this host has one free. Returns the host, for transfer().
 function sched_mt:slot(host)
-  local h = self.hosts[host]
-  if not h then
-    h = { n = 0, head = 1, tail = 0 }
-    self.hosts[host] = h
-  end
+  local h = host_state(self, host)
   if h.n >= self.per_host then          -- wait: release() hands over its slot
     h.tail = h.tail + 1
     h[h.tail] = co_running()
@@ -278,6 +324,7 @@ local function release(self, host)
   end
   h.head, h.tail = 1, 0                  -- empty: start again at 1
   h.n = h.n - 1
+  unhold(self, h)
 end
 
 local function run_ready(self, limit)
@@ -387,7 +434,7 @@ end
 --- Transfers in flight plus those waiting for a slot.
 function sched_mt:transfers()
   local n = self.engine:pending()
-  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) end
+  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) + (h.held.tail - h.held.head + 1) end
   return n
 end
 

@@ -93,6 +93,21 @@ describe("jobs and the loop", function()
     assert.has_error(function() enrich.tick("soon") end)
   end)
 
+  it("submits queued behind a full host wait as records, not coroutines, and all finish", function()
+    local sched = enrich.scheduler()
+    local client = slow_client(1)
+    local jobs = {}
+    for i = 1, 300 do jobs[i] = assert(client:submit({ { first_name = "H" .. i, last_name = "Held" } })) end
+    enrich.tick()
+    local coroutines = 0
+    for _ in pairs(sched.tasks) do coroutines = coroutines + 1 end
+    assert.is_true(coroutines <= sched.per_host, ("%d coroutines for %d slots"):format(coroutines, sched.per_host))
+    assert.equal(300, sched:transfers())
+    local ticks = 0
+    while ticks < 20000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.0005) end
+    for i = 1, 300 do assert.equal("succeeded", jobs[i].state) end
+  end)
+
   it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, the rest in order", function()
     local scheduler = require "enrich.scheduler"
     local engine = enrich.scheduler().engine
