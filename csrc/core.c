@@ -4,7 +4,6 @@
  * decoder, from poll, outside libcurl. */
 #include <stdlib.h>
 #include <string.h>
-#include <math.h>
 #include "enrich_core.h"
 
 /* ---- the engine handle -------------------------------------------------- */
@@ -111,8 +110,7 @@ static int eng_poll(lua_State *L) {
   luaL_argcheck(L, max >= 0, 3, "max must be >= 0 (0: no limit)");
   lua_Number work = luaL_optnumber(L, 4, -1);
   luaL_argcheck(L, lua_isnoneornil(L, 4) || work >= 0, 4, "work must be >= 0 seconds");
-  double start = ec_now();
-  ec_loop_run(e, start + timeout, max > 64 ? 64 : (int)max, work >= 0 ? start + timeout + work : HUGE_VAL);
+  ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max, work >= 0 ? work : -1);
 
   push_engine_table(L, e);
   int tidx = lua_gettop(L);

@@ -101,7 +101,7 @@ int  ec_loop_open(ec_engine *e);            /* 0, or -1 */
 void ec_loop_close(ec_engine *e);
 /* Until a completion or the deadline, handling at most max_events ready
  * sockets per wait (0: the default, 64). */
-void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_until);
+void ec_loop_run(ec_engine *e, double deadline, int max_events, double work);
 double ec_loop_timeout(ec_engine *e);       /* seconds, or -1: nothing scheduled */
 int  ec_loop_fd(const ec_engine *e);        /* pollable fd, or -1 */
 

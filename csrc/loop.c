@@ -4,6 +4,7 @@
  * the epoll descriptor is one fd a foreign event loop can wait on.
  * Elsewhere (or with -DEC_NO_EPOLL): curl_multi_perform + curl_multi_poll. */
 #include <limits.h>
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 #include "enrich_core.h"
@@ -89,10 +90,11 @@ void ec_loop_close(ec_engine *e) {
 int ec_loop_fd(const ec_engine *e) { return e->epfd; }
 
 /* Every call makes at least one non-blocking pass over ready sockets, so
- * poll(0) from a host's frame loop always makes progress. Once `work_until`
- * has passed, the sockets still ready wait for the next call (epoll reports
- * them again): one servicing, at least, per call. */
-void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_until) {
+ * poll(0) from a host's frame loop always makes progress. Once `work`
+ * seconds (< 0: no bound) have passed since the wait ended, the sockets
+ * still ready wait for the next call (epoll reports them again): one
+ * servicing, at least, per call. */
+void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
   struct epoll_event evs[64];
   if (max_events <= 0 || max_events > 64) max_events = 64;
   int running;
@@ -107,6 +109,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_unti
     double wait = deadline - now;
     if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
     int n = epoll_wait(e->epfd, evs, max_events, to_ms(wait));
+    double work_until = work >= 0 ? ec_now() + work : HUGE_VAL;
     for (int i = 0; i < n; i++) {
       if (i > 0 && ec_now() >= work_until) break;
       int flags = 0;
@@ -146,8 +149,8 @@ static void wait_for(ec_engine *e, int ms) {
 #endif
 }
 
-void ec_loop_run(ec_engine *e, double deadline, int max_events, double work_until) {
-  (void)max_events; (void)work_until;   /* perform() has no such bounds */
+void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
+  (void)max_events; (void)work;     /* perform() has no such bounds */
   for (;;) {
     int running;
     curl_multi_perform(e->multi, &running);

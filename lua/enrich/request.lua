@@ -120,7 +120,7 @@ function ctx_mt:call(req)
     -- right after its token, and the provider's rate holds for sends too.
     local host = self.sched:slot(client.host)
     client:throttle()
-    self.sched:pace()
+    self.sched:pace(host)
     transfer.method, transfer.url, transfer.body = method, url, body
     transfer.headers = client.headers(req.json ~= nil)
     transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout

@@ -46,6 +46,7 @@ function _M.new(opts)
     pool = {},           -- idle worker coroutines for engine steps
     free_tasks = {},     -- records of finished engine steps, for reuse
     deferred = {},       -- tasks whose transfer waits for the next budgeted turn
+    deferred_host = {},  -- the host slot each of them holds
     starts_left = nil,   -- new transfers this budgeted turn may still start
     starting = { head = 1, tail = 0 },  -- engine steps not yet started
     tasks = {},          -- coroutine -> task record, for every task we run
@@ -70,6 +71,7 @@ local NONE = {}
 -- Work waits to run this turn: woken tasks, or steps not yet started.
 local function queued(self)
   return self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail
+    or self.deferred[1] ~= nil
 end
 
 local function enqueue(self, co, value)
@@ -123,13 +125,15 @@ local function new_worker(self)
     while true do
       local ok, err = pcall(task.fn, task.arg)
       self.tasks[co] = nil
-      local fn_arg, on_done, on_error = task.arg, task.on_done, task.on_error
-      recycle(self, task)
+      -- A step may end without sending (its job was cancelled, the client
+      -- is out of credits): a slot it was let in for passes on.
+      if task.host then self:refill(task.host) end
       if not ok then
-        if on_error then on_error(err, fn_arg) else self.failure = self.failure or err end
-      elseif on_done then
-        on_done()
+        if task.on_error then task.on_error(err, task.arg) else self.failure = self.failure or err end
+      elseif task.on_done then
+        task.on_done()
       end
+      recycle(self, task)
       if #self.pool >= POOL_MAX then return IDLE end
       self.pool[#self.pool + 1] = co
       task = co_yield(IDLE)
@@ -209,6 +213,13 @@ local function unhold(self, h)
   q[q.tail] = task
 end
 
+--- Lets a held step for `host` start if a slot is free and none is on its
+--- way to it.
+function sched_mt:refill(host)
+  local h = self.hosts[host]
+  if h and h.n < self.per_host then unhold(self, h) end
+end
+
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
   local last = q.tail                    -- steps unheld meanwhile wait for the next pass
@@ -286,12 +297,15 @@ end
 --- In a turn with a budget (see step), waits until the turn has a share of
 --- new transfers left, so a burst spreads over frames; otherwise returns at
 --- once. Call it right before transfer().
-function sched_mt:pace()
+--- `host`: the slot the caller holds (given back if the task is abandoned
+--- meanwhile).
+function sched_mt:pace(host)
   if not self.starts_left then return end
   while self.starts_left <= 0 do
     local d = self.deferred
     d[#d + 1] = co_running()
-    co_yield()                             -- resumed by the next turn
+    self.deferred_host[#d] = host
+    co_yield()                             -- resumed first thing next turn
     if not self.starts_left then return end
   end
   self.starts_left = self.starts_left - 1
@@ -303,7 +317,7 @@ end
 function sched_mt:transfer(req, host)
   if not host then
     host = self:slot(_M.host_of(req.url))
-    self:pace()
+    self:pace(host)
   end
   local id = self.engine:submit(req)
   self.waiting[id] = co_running()
@@ -360,13 +374,15 @@ end
 _M.BUDGET_TRANSFERS = 2
 _M.BUDGET_COMPLETIONS = 4
 
--- The transfers deferred by the last turn go first in this one.
+-- The transfers deferred by the last turn go first in this one, before any
+-- step starts; one whose task was abandoned (see run) gives its slot back.
 local function begin_turn(self, budget)
   self.starts_left = budget and _M.BUDGET_TRANSFERS or nil
-  local d = self.deferred
-  if #d > 0 then
-    self.deferred = {}
-    for i = 1, #d do enqueue(self, d[i]) end
+  local d, hosts = self.deferred, self.deferred_host
+  if d[1] == nil then return end
+  self.deferred, self.deferred_host = {}, {}
+  for i = 1, #d do
+    if self.tasks[d[i]] then resume(self, d[i]) else release(self, hosts[i]) end
   end
 end
 

@@ -108,28 +108,62 @@ describe("jobs and the loop", function()
     for i = 1, 300 do assert.equal("succeeded", jobs[i].state) end
   end)
 
-  it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, the rest in order", function()
-    local scheduler = require "enrich.scheduler"
-    local engine = enrich.scheduler().engine
-    local client = slow_client(1)
+  it("held submits still all end when the ones ahead end without sending (out of credits)", function()
+    support.configure(sim, { tamtam = { credits = 0, rate_limit = false } })
+    local client = support.client(sim, "tamtam",
+      { api_key = "broke-key", rate = { per_second = 10000, burst = 10000 } })
     local jobs = {}
-    for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "P" .. i, last_name = "Paced" } })) end
-    enrich.tick(1)                           -- a generous time budget: only the share limits
-    assert.equal(scheduler.BUDGET_TRANSFERS, engine:pending())
-    local most, ticks = 0, 0
-    while ticks < 5000 and enrich.tick(1) > 0 do
-      ticks = ticks + 1
-      most = math.max(most, engine:pending())
-      require("socket").sleep(0.001)
+    for i = 1, 200 do jobs[i] = assert(client:submit({ { first_name = "C" .. i, last_name = "Broke" } })) end
+    local ticks = 0
+    while ticks < 20000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.0005) end
+    for i = 1, 200 do
+      assert.equal("failed", jobs[i].state)
+      assert.equal("credits", jobs[i].error.code)
     end
-    for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
-    assert.is_true(most <= 10)
-    -- Unbudgeted, every submit goes out in the first turn.
-    for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "Q" .. i, last_name = "Free" } })) end
-    enrich.tick()
-    assert.equal(10, engine:pending())
-    while ticks < 10000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.001) end
-    for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
+    assert.equal(0, enrich.scheduler():transfers())
+    client:resume_submitting()
+  end)
+
+  it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, oldest first", function()
+    local scheduler = require "enrich.scheduler"
+    local sched = enrich.scheduler()
+    local real = sched.engine
+    -- Watch the submits the loop makes: how many per tick, and in which order.
+    local sent, order = 0, {}
+    sched.engine = setmetatable({
+      submit = function(_, req)
+        sent = sent + 1
+        order[#order + 1] = req.body and req.body:match('"first_name":"(P%d+)"') or "poll"
+        return real:submit(req)
+      end,
+    }, { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    local ok, err = pcall(function()
+      local client = slow_client(1)
+      local jobs = {}
+      for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "P" .. i, last_name = "Paced" } })) end
+      local ticks, most = 0, 0
+      repeat
+        sent = 0
+        local live = enrich.tick(1)          -- a generous time budget: only the share limits
+        most = math.max(most, sent)
+        ticks = ticks + 1
+        require("socket").sleep(0.001)
+      until live == 0 or ticks > 5000
+      for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
+      assert.equal(scheduler.BUDGET_TRANSFERS, most)
+      -- Deferred submits go first each turn: nothing overtakes them.
+      local first = { (table.unpack or unpack)(order, 1, 10) }
+      assert.same({ "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10" }, first)
+      -- Unbudgeted, every submit goes out in the first turn.
+      for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "Q" .. i, last_name = "Free" } })) end
+      sent = 0
+      enrich.tick()
+      assert.equal(10, sent)
+      while ticks < 10000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.001) end
+      for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
+    end)
+    sched.engine = real
+    assert(ok, err)
   end)
 
   it("wait(timeout) gives a timeout error while the job goes on", function()
