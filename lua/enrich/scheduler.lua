@@ -165,8 +165,10 @@ function sched_mt:step_task(fn, arg, opts, host)
   return task
 end
 
--- `limit`: a time (core.now) after which no more work is started this turn.
-local function over(limit) return limit and now() >= limit end
+-- `limit`: a time (core.now) after which no more work is started this turn;
+-- each kind of work (steps, wakes, timers, a poll) gets one go at least, so
+-- any budget makes progress.
+local function over(limit, done) return done > 0 and limit and now() >= limit end
 
 -- Per host: `n` transfers in flight, the coroutines parked for a slot
 -- (h[head..tail]), and `held`: steps not started because every slot was
@@ -223,7 +225,9 @@ end
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
   local last = q.tail                    -- steps unheld meanwhile wait for the next pass
-  while q.head <= last and not over(limit) do
+  local n = 0
+  while q.head <= last and not over(limit, n) do
+    n = n + 1
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
@@ -345,7 +349,9 @@ local function run_ready(self, limit)
   start_steps(self, limit)
   -- Only what was queued before this pass: wakes queued meanwhile wait.
   local last, ready, vals = self.ready_tail, self.ready, self.ready_val
-  while self.ready_head <= last and not over(limit) do
+  local n = 0
+  while self.ready_head <= last and not over(limit, n) do
+    n = n + 1
     local i = self.ready_head
     local co, value = ready[i], vals[i]
     ready[i], vals[i] = nil, nil
@@ -360,7 +366,9 @@ end
 local function fire_timers(self, t, limit)
   local timers = self.timers
   local top = timers:peek()
-  while top and top.at <= t and not over(limit) do
+  local n = 0
+  while top and top.at <= t and not over(limit, n) do
+    n = n + 1
     timers:pop()
     top:on_timer(self)
     top = timers:peek()
@@ -404,7 +412,7 @@ function sched_mt:step(max_wait, budget)
     local top = self.timers:peek()
     if top then wait = min(wait, max(top.at - now(), 0)) end
   end
-  if not over(limit) then
+  do
     local done
     if limit then
       done = self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0))
@@ -418,7 +426,7 @@ function sched_mt:step(max_wait, budget)
         self.waiting[c.id] = nil
         release(self, self.host_of[c.id])
         self.host_of[c.id] = nil
-        if over(limit) then enqueue(self, co, c) else resume(self, co, c) end
+        if over(limit, i - 1) then enqueue(self, co, c) else resume(self, co, c) end
       end
     end
   end
