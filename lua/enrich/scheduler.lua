@@ -166,8 +166,8 @@ function sched_mt:step_task(fn, arg, opts, host)
 end
 
 -- `limit`: a time (core.now) after which no more work is started this turn;
--- each kind of work (steps, wakes, timers, a poll) gets one go at least, so
--- any budget makes progress.
+-- `done`: units of this kind done so far. A poll and a wake get one go at
+-- least, so any budget makes progress.
 local function over(limit, done) return done > 0 and limit and now() >= limit end
 
 -- Per host: `n` transfers in flight, the coroutines parked for a slot
@@ -225,9 +225,7 @@ end
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
   local last = q.tail                    -- steps unheld meanwhile wait for the next pass
-  local n = 0
-  while q.head <= last and not over(limit, n) do
-    n = n + 1
+  while q.head <= last and not over(limit, 1) do
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
@@ -366,9 +364,7 @@ end
 local function fire_timers(self, t, limit)
   local timers = self.timers
   local top = timers:peek()
-  local n = 0
-  while top and top.at <= t and not over(limit, n) do
-    n = n + 1
+  while top and top.at <= t and not over(limit, 1) do
     timers:pop()
     top:on_timer(self)
     top = timers:peek()
@@ -383,15 +379,25 @@ _M.BUDGET_TRANSFERS = 2
 _M.BUDGET_COMPLETIONS = 4
 
 -- The transfers deferred by the last turn go first in this one, before any
--- step starts; one whose task was abandoned (see run) gives its slot back.
+-- step starts, as many as the turn's share; one whose task was abandoned
+-- (see run) gives its slot back. The rest keep their place in line.
 local function begin_turn(self, budget)
   self.starts_left = budget and _M.BUDGET_TRANSFERS or nil
   local d, hosts = self.deferred, self.deferred_host
   if d[1] == nil then return end
-  self.deferred, self.deferred_host = {}, {}
+  local share = self.starts_left or #d
+  local go, rest, rest_hosts = {}, {}, {}
   for i = 1, #d do
-    if self.tasks[d[i]] then resume(self, d[i]) else release(self, hosts[i]) end
+    if not self.tasks[d[i]] then
+      release(self, hosts[i])
+    elseif #go < share then
+      go[#go + 1] = d[i]
+    else
+      rest[#rest + 1], rest_hosts[#rest + 1] = d[i], hosts[i]
+    end
   end
+  self.deferred, self.deferred_host = rest, rest_hosts
+  for i = 1, #go do resume(self, go[i]) end
 end
 
 --- One turn: runs what is ready, fires due timers, waits for transfers at
