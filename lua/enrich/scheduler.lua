@@ -119,6 +119,8 @@ local function recycle(self, task)
   if #free < POOL_MAX then free[#free + 1] = task end
 end
 
+local refill                             -- below, with the held steps
+
 local function new_worker(self)
   local co
   co = co_create(function(task)
@@ -127,7 +129,7 @@ local function new_worker(self)
       self.tasks[co] = nil
       -- A step may end without sending (its job was cancelled, the client
       -- is out of credits): a slot it was let in for passes on.
-      if task.host then self:refill(task.host) end
+      if task.host then refill(self, task.host) end
       if not ok then
         if task.on_error then task.on_error(err, task.arg) else self.failure = self.failure or err end
       elseif task.on_done then
@@ -165,10 +167,9 @@ function sched_mt:step_task(fn, arg, opts, host)
   return task
 end
 
--- `limit`: a time (core.now) after which no more work is started this turn;
--- `done`: units of this kind done so far. A poll and a wake get one go at
--- least, so any budget makes progress.
-local function over(limit, done) return done > 0 and limit and now() >= limit end
+-- `limit`: a time (core.now) after which no more work is started this turn.
+-- A poll and a wake get one go at least, so any budget makes progress.
+local function over(limit) return limit and now() >= limit end
 
 -- Per host: `n` transfers in flight, the coroutines parked for a slot
 -- (h[head..tail]), and `held`: steps not started because every slot was
@@ -215,9 +216,8 @@ local function unhold(self, h)
   q[q.tail] = task
 end
 
---- Lets a held step for `host` start if a slot is free and none is on its
---- way to it.
-function sched_mt:refill(host)
+-- Lets the oldest held step for `host` start if the host has a free slot.
+function refill(self, host)
   local h = self.hosts[host]
   if h and h.n < self.per_host then unhold(self, h) end
 end
@@ -225,7 +225,7 @@ end
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
   local last = q.tail                    -- steps unheld meanwhile wait for the next pass
-  while q.head <= last and not over(limit, 1) do
+  while q.head <= last and not over(limit) do
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
@@ -348,7 +348,7 @@ local function run_ready(self, limit)
   -- Only what was queued before this pass: wakes queued meanwhile wait.
   local last, ready, vals = self.ready_tail, self.ready, self.ready_val
   local n = 0
-  while self.ready_head <= last and not over(limit, n) do
+  while self.ready_head <= last and not (n > 0 and over(limit)) do
     n = n + 1
     local i = self.ready_head
     local co, value = ready[i], vals[i]
@@ -364,7 +364,7 @@ end
 local function fire_timers(self, t, limit)
   local timers = self.timers
   local top = timers:peek()
-  while top and top.at <= t and not over(limit, 1) do
+  while top and top.at <= t and not over(limit) do
     timers:pop()
     top:on_timer(self)
     top = timers:peek()
@@ -418,22 +418,20 @@ function sched_mt:step(max_wait, budget)
     local top = self.timers:peek()
     if top then wait = min(wait, max(top.at - now(), 0)) end
   end
-  do
-    local done
-    if limit then
-      done = self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0))
-    else
-      done = self.engine:poll(wait)
-    end
-    for i = 1, #done do
-      local c = done[i]
-      local co = self.waiting[c.id]
-      if co then
-        self.waiting[c.id] = nil
-        release(self, self.host_of[c.id])
-        self.host_of[c.id] = nil
-        if over(limit, i - 1) then enqueue(self, co, c) else resume(self, co, c) end
-      end
+  local done
+  if limit then
+    done = self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0))
+  else
+    done = self.engine:poll(wait)
+  end
+  for i = 1, #done do
+    local c = done[i]
+    local co = self.waiting[c.id]
+    if co then
+      self.waiting[c.id] = nil
+      release(self, self.host_of[c.id])
+      self.host_of[c.id] = nil
+      if i > 1 and over(limit) then enqueue(self, co, c) else resume(self, co, c) end
     end
   end
   fire_timers(self, now(), limit)
