@@ -6,11 +6,11 @@ CC          ?= cc
 PKG_5.4     := lua5.4
 PKG_luajit  := luajit
 CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
-CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl) -pthread
 WARN        := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 CFLAGS      ?= -O2 -g
 ALL_CFLAGS  := $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC \
-               -fvisibility=hidden $(WARN) $(CURL_CFLAGS)
+               -fvisibility=hidden -pthread $(WARN) $(CURL_CFLAGS)
 SOURCES     := $(wildcard csrc/*.c)
 HEADERS     := $(wildcard csrc/*.h)
 PREFIX      ?= /usr/local

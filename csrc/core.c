@@ -22,6 +22,7 @@ static void push_engine_table(lua_State *L, ec_engine *e) {
 static int eng_close(lua_State *L) {
   ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
   if (e->multi == NULL) return 0;          /* closed already: idempotent */
+  ec_io_stop(e);                           /* first: the thread uses the multi handle */
   ec_list *lists[2] = { &e->active, &e->done };
   for (int i = 0; i < 2; i++)
     while (lists[i]->head) {
@@ -44,7 +45,7 @@ static int eng_close(lua_State *L) {
 static int eng_tostring(lua_State *L) {
   ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
   if (e->multi) lua_pushfstring(L, "enrich.core.engine (%p, %d pending)", (void *)e,
-                                (int)(e->active.n + e->done.n));
+                                (int)e->live);
   else lua_pushfstring(L, "enrich.core.engine (%p, closed)", (void *)e);
   return 1;
 }
@@ -54,11 +55,18 @@ static int eng_tostring(lua_State *L) {
 static int eng_submit(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   ec_xfer *x = ec_xfer_new(L, e, 2);
-  if (x == NULL) {
+  if (x && e->io) {
+    ec_io_submit(e, x);
+  } else if (x && curl_multi_add_handle(e->multi, x->easy) == CURLM_OK) {
+    x->in_multi = 1;
+    ec_list_push(&e->active, x);
+  } else {
+    if (x) ec_xfer_free(e, x);
     lua_pushnil(L);
     lua_pushliteral(L, "enrich.core: could not start the transfer (out of memory)");
     return 2;
   }
+  e->live++;
   push_engine_table(L, e);
   lua_pushinteger(L, x->id);
   lua_pushlightuserdata(L, x);
@@ -84,9 +92,14 @@ static int eng_cancel(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   lua_Integer id = luaL_checkinteger(L, 2);
   ec_xfer *x = lookup(L, e, id);
+  if (x != NULL && e->io) {
+    lua_pushboolean(L, ec_io_cancel(e, x));
+    return 1;
+  }
   int found = x != NULL && !x->finished;
   if (found) {
     curl_multi_remove_handle(e->multi, x->easy);
+    x->in_multi = 0;
     x->cancelled = x->finished = 1;
     ec_list_remove(&e->active, x);
     ec_list_push(&e->done, x);
@@ -110,7 +123,8 @@ static int eng_poll(lua_State *L) {
   luaL_argcheck(L, max >= 0, 3, "max must be >= 0 (0: no limit)");
   lua_Number work = luaL_optnumber(L, 4, -1);
   luaL_argcheck(L, lua_isnoneornil(L, 4) || work >= 0, 4, "work must be >= 0 seconds");
-  ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max, work >= 0 ? work : -1);
+  if (e->io) ec_io_collect(e, timeout);
+  else ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max, work >= 0 ? work : -1);
 
   push_engine_table(L, e);
   int tidx = lua_gettop(L);
@@ -127,13 +141,23 @@ static int eng_poll(lua_State *L) {
     lua_rawset(L, tidx);
     ec_list_remove(&e->done, x);
     ec_xfer_free(e, x);
+    e->live--;
   }
   return 1;
 }
 
+/* With an I/O thread: hands the transfers submitted (and cancels asked)
+ * since the last poll or flush to that thread now. poll does it too; a host
+ * that ticks calls flush at the end of its turn. Without one: nothing. */
+static int eng_flush(lua_State *L) {
+  ec_engine *e = check_engine(L, 1);
+  if (e->io) ec_io_flush(e);
+  return 0;
+}
+
 static int eng_pending(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
-  lua_pushinteger(L, (lua_Integer)(e->active.n + e->done.n));
+  lua_pushinteger(L, (lua_Integer)e->live);
   return 1;
 }
 
@@ -141,7 +165,7 @@ static int eng_pending(lua_State *L) {
  * 0 when completions wait for delivery, nil when nothing is scheduled. */
 static int eng_timeout(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
-  double t = ec_loop_timeout(e);
+  double t = e->io ? ec_io_timeout(e) : ec_loop_timeout(e);
   if (t < 0) lua_pushnil(L);
   else lua_pushnumber(L, t);
   return 1;
@@ -151,7 +175,7 @@ static int eng_timeout(lua_State *L) {
  * foreign event loops (with timeout() for the timers); nil if none. */
 static int eng_fd(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
-  int fd = ec_loop_fd(e);
+  int fd = e->io ? ec_io_fd(e) : ec_loop_fd(e);
   if (fd < 0) lua_pushnil(L);
   else lua_pushinteger(L, fd);
   return 1;
@@ -162,7 +186,7 @@ static int eng_fd(lua_State *L) {
 static const char *const ENGINE_OPTIONS[] = {
   "max_connections", "max_host_connections", "user_agent", "timeout",
   "connect_timeout", "max_body", "verify_tls", "ca_file", "follow_redirects",
-  "max_redirects", "json_decode", "json_max_depth", "timings", NULL
+  "max_redirects", "json_decode", "json_max_depth", "timings", "io_thread", NULL
 };
 
 static long int_option(lua_State *L, int idx, const char *name, long dflt, long lo, long hi) {
@@ -253,6 +277,7 @@ static int core_new(lua_State *L) {
   s.follow_redirects = bool_option(L, 1, "follow_redirects", 0);
   s.max_redirects = int_option(L, 1, "max_redirects", 5, 0, 50);
   s.timings = bool_option(L, 1, "timings", 1);
+  int io_thread = bool_option(L, 1, "io_thread", 0);
   int depth = (int)int_option(L, 1, "json_max_depth", EC_DEFAULT_JSON_DEPTH, 1, 10000);
   const char *ua = string_option(L, 1, "user_agent");
   const char *ca = string_option(L, 1, "ca_file");
@@ -274,7 +299,8 @@ static int core_new(lua_State *L) {
   e->set.user_agent = dup_or_null(ua ? ua : "lua-enrich/" EC_VERSION);
   e->set.ca_file = dup_or_null(ca);
   e->multi = curl_multi_init();
-  if (e->multi && ec_loop_open(e) != 0) { curl_multi_cleanup(e->multi); e->multi = NULL; }
+  /* With an I/O thread, that thread drives libcurl: no sockets to watch here. */
+  if (e->multi && !io_thread && ec_loop_open(e) != 0) { curl_multi_cleanup(e->multi); e->multi = NULL; }
   if (e->multi == NULL || e->set.user_agent == NULL || (ca && e->set.ca_file == NULL)) {
     free(e->set.user_agent); free(e->set.ca_file);
     e->set.user_agent = e->set.ca_file = NULL;
@@ -287,6 +313,14 @@ static int core_new(lua_State *L) {
   curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
   curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, max_conn);
   curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  if (io_thread) {                         /* after every multi option: it reads them */
+    const char *why = ec_io_start(e);
+    if (why) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "enrich.core: %s", why);
+      return 2;                            /* the engine is collected and closed */
+    }
+  }
   lua_pushvalue(L, -2);
   e->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
@@ -319,6 +353,7 @@ static const luaL_Reg ENGINE_METHODS[] = {
   { "submit", eng_submit },
   { "poll", eng_poll },
   { "cancel", eng_cancel },
+  { "flush", eng_flush },
   { "pending", eng_pending },
   { "timeout", eng_timeout },
   { "fd", eng_fd },

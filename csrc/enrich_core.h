@@ -32,6 +32,11 @@ void ec_buf_free(ec_buf *b);
 
 typedef struct ec_engine ec_engine;
 typedef struct ec_xfer ec_xfer;
+typedef struct ec_io ec_io;
+
+/* Where a transfer of an engine with an I/O thread is (thread.c): who may
+ * touch its list links. Changed only under the engine's io lock. */
+enum { EC_AT_LUA, EC_IN_INBOX, EC_IN_ACTIVE, EC_IN_OUTBOX };
 
 typedef enum { EC_DECODE_AUTO, EC_DECODE_ALWAYS, EC_DECODE_NEVER } ec_decode;
 
@@ -46,6 +51,9 @@ struct ec_xfer {
   int too_large;           /* body or headers passed the cap */
   int cancelled;
   int finished;            /* in the done list, waiting for delivery */
+  int in_multi;            /* added to the multi handle, not yet removed */
+  int where;               /* EC_AT_LUA..EC_IN_OUTBOX (I/O thread only) */
+  int cancel_req;          /* cancel asked, the I/O thread has yet to act */
   int is_head;             /* HEAD: no body, nothing to decode */
   ec_decode decode;
   CURLcode result;
@@ -74,7 +82,9 @@ struct ec_engine {
   CURLM *multi;             /* NULL once closed */
   int ref;                  /* registry ref: { [id] = xfer, decode = fn } */
   lua_Integer next_id;
-  ec_list active, done;
+  ec_list active, done;     /* with an I/O thread, active is that thread's */
+  size_t live;              /* submitted and not yet delivered */
+  ec_io *io;                /* the I/O thread, or NULL: poll drives libcurl */
   CURL *pool[EC_EASY_POOL_MAX];  /* idle easy handles, reset before reuse */
   int pool_n;
   int epfd;                 /* epoll set of libcurl's sockets, or -1 */
@@ -91,12 +101,13 @@ void ec_check_fields(lua_State *L, int idx, const char *const *names, const char
 long ec_seconds_field(lua_State *L, int idx, const char *name, long dflt);
 size_t ec_size_field(lua_State *L, int idx, const char *name, size_t dflt);
 
-/* xfer.c: building and freeing transfers */
+/* xfer.c: building and freeing transfers; ec_xfer_new does not start it */
 ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx);
 void ec_xfer_free(ec_engine *e, ec_xfer *x);
 
 /* loop.c: waiting on libcurl and driving it */
 double ec_now(void);
+int  ec_to_ms(double seconds);              /* rounded up, capped at INT_MAX */
 int  ec_loop_open(ec_engine *e);            /* 0, or -1 */
 void ec_loop_close(ec_engine *e);
 /* Until a completion or the deadline, handling at most max_events ready
@@ -104,6 +115,17 @@ void ec_loop_close(ec_engine *e);
 void ec_loop_run(ec_engine *e, double deadline, int max_events, double work);
 double ec_loop_timeout(ec_engine *e);       /* seconds, or -1: nothing scheduled */
 int  ec_loop_fd(const ec_engine *e);        /* pollable fd, or -1 */
+
+/* thread.c: an engine whose transfers run on their own thread (io_thread):
+ * submit hands a built transfer over, poll collects finished ones. */
+const char *ec_io_start(ec_engine *e);      /* NULL, or why it could not start */
+void ec_io_stop(ec_engine *e);              /* joins; every transfer it held goes to e->done */
+void ec_io_submit(ec_engine *e, ec_xfer *x); /* queued until ec_io_flush */
+void ec_io_flush(ec_engine *e);             /* wakes the thread for what was queued */
+int  ec_io_cancel(ec_engine *e, ec_xfer *x); /* 1: will be delivered as cancelled */
+void ec_io_collect(ec_engine *e, double timeout); /* finished transfers → e->done */
+double ec_io_timeout(ec_engine *e);         /* 0 when finished ones wait, else -1 */
+int  ec_io_fd(const ec_engine *e);          /* readable while finished ones wait */
 
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);

@@ -20,7 +20,7 @@ double ec_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int to_ms(double seconds) {
+int ec_to_ms(double seconds) {
   if (seconds <= 0) return 0;
   if (seconds > INT_MAX / 1000) return INT_MAX;
   return (int)(seconds * 1000.0 + 0.999);
@@ -38,6 +38,7 @@ static void drain(ec_engine *e) {
     x->result = m->data.result;
     x->finished = 1;
     curl_multi_remove_handle(e->multi, x->easy);
+    x->in_multi = 0;
     ec_list_remove(&e->active, x);
     ec_list_push(&e->done, x);
   }
@@ -108,7 +109,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
     }
     double wait = deadline - now;
     if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
-    int n = epoll_wait(e->epfd, evs, max_events, to_ms(wait));
+    int n = epoll_wait(e->epfd, evs, max_events, ec_to_ms(wait));
     double work_until = work >= 0 ? ec_now() + work : HUGE_VAL;
     for (int i = 0; i < n; i++) {
       if (i > 0 && ec_now() >= work_until) break;
@@ -158,7 +159,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
     if (e->done.n > 0) return;
     double left = deadline - ec_now();
     if (left <= 0) return;
-    wait_for(e, to_ms(left));
+    wait_for(e, ec_to_ms(left));
   }
 }
 

@@ -313,8 +313,8 @@ static int set_options(ec_xfer *x, const ec_request *r) {
   return rc == CURLE_OK ? 0 : -1;
 }
 
-/* Returns the new transfer added to the multi handle, or NULL (no memory,
- * or libcurl refused): nothing is left allocated then. */
+/* Returns the new transfer, ready to be added to the multi handle, or NULL
+ * (no memory, or libcurl refused an option): nothing is left allocated then. */
 ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx) {
   ec_request r;
   check_request(L, e, req_idx, &r);
@@ -327,22 +327,20 @@ ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx) {
   x->is_head = strcmp(r.method, "HEAD") == 0;
   x->headers = build_headers(L, r.headers_idx);
   x->easy = take_easy(e);
-  if (x->headers == NULL || x->easy == NULL || set_options(x, &r) != 0 ||
-      curl_multi_add_handle(e->multi, x->easy) != CURLM_OK) {
+  if (x->headers == NULL || x->easy == NULL || set_options(x, &r) != 0) {
     if (x->easy) { curl_easy_cleanup(x->easy); x->easy = NULL; }
     ec_xfer_free(e, x);
     return NULL;
   }
   x->id = ++e->next_id;
-  ec_list_push(&e->active, x);
   return x;
 }
 
 /* The caller has unlinked x from its list; the easy handle may still be in
- * the multi handle (cancel, close) and is removed here. */
+ * the multi handle (close) and is removed here. */
 void ec_xfer_free(ec_engine *e, ec_xfer *x) {
   if (x->easy) {
-    if (e->multi) curl_multi_remove_handle(e->multi, x->easy);
+    if (e->multi && x->in_multi) curl_multi_remove_handle(e->multi, x->easy);
     give_easy(e, x->easy);
   }
   curl_slist_free_all(x->headers);

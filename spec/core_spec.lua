@@ -23,7 +23,25 @@ local function fetch(engine, req, seconds)
   return assert(got[id], "no completion for " .. req.url)
 end
 
-describe("enrich.core", function()
+-- Every behaviour holds for both ways of driving libcurl: from poll on the
+-- Lua thread, and on an I/O thread of the engine's own (io_thread).
+local MODES = {
+  { name = "enrich.core", opts = {} },
+  { name = "enrich.core with an I/O thread", opts = { io_thread = true } },
+}
+
+for _, mode in ipairs(MODES) do
+local threaded = mode.opts.io_thread == true
+
+-- core.new with this mode's options.
+local function new(opts)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  for k, v in pairs(mode.opts) do o[k] = v end
+  return core.new(o)
+end
+
+describe(mode.name, function()
   local server, base, engine
 
   setup(function()
@@ -35,7 +53,7 @@ describe("enrich.core", function()
     if server then server:stop() end
   end)
 
-  before_each(function() engine = core.new { timeout = 10 } end)
+  before_each(function() engine = new { timeout = 10 } end)
   after_each(function() engine:close() end)
 
   describe("the module", function()
@@ -67,11 +85,12 @@ describe("enrich.core", function()
       assert.has_error(function() core.new { verify_tls = "no" } end)
       assert.has_error(function() core.new { max_connections = 0 } end)
       assert.has_error(function() core.new("fast") end)
+      assert.has_error(function() core.new { io_thread = "yes" } end, "core.new: 'io_thread' must be a boolean")
     end)
 
     it("keeps settings per engine: two engines side by side do not share them", function()
-      local a = core.new { user_agent = "agent-a" }
-      local b = core.new { user_agent = "agent-b" }
+      local a = new { user_agent = "agent-a" }
+      local b = new { user_agent = "agent-b" }
       local ida = a:submit { url = base .. "/echo" }
       local idb = b:submit { url = base .. "/echo" }
       local ca = collect(a, 1)[ida]
@@ -219,12 +238,20 @@ describe("enrich.core", function()
       assert.has_error(function() engine:poll(0, 1, "soon") end)
     end)
 
+    it("takes flush() at any time (it only matters with an I/O thread)", function()
+      engine:flush()
+      local id = engine:submit { url = base .. "/json" }
+      engine:flush()
+      engine:flush()
+      assert.equal(200, collect(engine, 1)[id].status)
+    end)
+
     it("raises on a negative timeout", function()
       assert.has_error(function() engine:poll(-1) end)
     end)
 
     it("drives more than a hundred transfers in flight at once, each delivered once", function()
-      local wide = core.new { max_host_connections = 0, max_connections = 200 }
+      local wide = new { max_host_connections = 0, max_connections = 200 }
       local ids = {}
       for i = 1, 150 do ids[wide:submit { url = base .. "/delay?s=0.2&i=" .. i }] = true end
       assert.equal(150, wide:pending())
@@ -246,7 +273,7 @@ describe("enrich.core", function()
     end)
 
     it("leaves timings out when the engine is told to", function()
-      local quiet = core.new { timings = false }
+      local quiet = new { timings = false }
       local c = fetch(quiet, { url = base .. "/json" })
       assert.is_nil(c.time)
       assert.equal(200, c.status)
@@ -311,14 +338,14 @@ describe("enrich.core", function()
       assert.matches("nested", deep.json_error)
       local fine = fetch(engine, { url = base .. "/deep?n=100" })
       assert.is_nil(fine.json_error)
-      local shallow = core.new { json_max_depth = 10 }
+      local shallow = new { json_max_depth = 10 }
       local c = fetch(shallow, { url = base .. "/deep?n=20" })
       assert.matches("nested", c.json_error)
       shallow:close()
     end)
 
     it("uses a caller's JSON decoder when given one", function()
-      local custom = core.new { json_decode = function(s) return { length = #s } end }
+      local custom = new { json_decode = function(s) return { length = #s } end }
       local c = fetch(custom, { url = base .. "/json" })
       assert.equal(#c.body, c.json.length)
       custom:close()
@@ -341,7 +368,7 @@ describe("enrich.core", function()
     it("does not follow redirects unless the engine is told to", function()
       local c = fetch(engine, { url = base .. "/redirect" })
       assert.equal(302, c.status)
-      local follower = core.new { follow_redirects = true }
+      local follower = new { follow_redirects = true }
       local f = fetch(follower, { url = base .. "/redirect" })
       assert.equal(200, f.status)
       assert.is_true(f.json.ok)
@@ -415,6 +442,23 @@ describe("enrich.core", function()
   end)
 
   describe("timeout()", function()
+    if threaded then
+      it("is nil while transfers run on the I/O thread, 0 once a completion waits", function()
+        assert.is_nil(engine:timeout())
+        engine:submit { url = base .. "/delay?s=0.2" }
+        engine:flush()
+        assert.is_nil(engine:timeout())
+        local socket = require "socket"
+        for _ = 1, 250 do                   -- bounded: 5 s at most
+          if engine:timeout() == 0 then break end
+          socket.sleep(0.02)
+        end
+        assert.equal(0, engine:timeout())
+        assert.equal(1, #engine:poll(0))
+        assert.is_nil(engine:timeout())
+      end)
+      return
+    end
     it("is nil when idle, a number of seconds while transfers run, 0 with completions waiting", function()
       assert.is_nil(engine:timeout())
       local id = engine:submit { url = base .. "/delay?s=1" }
@@ -446,9 +490,68 @@ describe("enrich.core", function()
     end)
   end)
 
+  if threaded then
+    describe("the I/O thread", function()
+      it("wakes the thread for submits at flush, without a poll", function()
+        local socket = require "socket"
+        socket.sleep(0.1)                   -- the idle thread sleeps (1 s at most)
+        engine:submit { url = base .. "/json" }
+        engine:flush()
+        for _ = 1, 25 do                    -- 0.5 s: the idle thread alone would not be up yet
+          if engine:timeout() == 0 then break end
+          socket.sleep(0.02)
+        end
+        assert.equal(0, engine:timeout())
+        assert.equal(200, engine:poll(0)[1].status)
+      end)
+
+      it("runs transfers while the Lua thread does not poll", function()
+        local socket = require "socket"
+        for i = 1, 10 do engine:submit { url = base .. "/delay?s=0.1&i=" .. i } end
+        engine:flush()
+        local waited = 0
+        while engine:timeout() ~= 0 and waited < 5 do socket.sleep(0.05); waited = waited + 0.05 end
+        socket.sleep(0.3)                   -- the ten run side by side: all done by now
+        local got = engine:poll(0)
+        assert.equal(10, #got)
+        for _, c in ipairs(got) do assert.equal(200, c.status) end
+      end)
+
+      it("cancels a transfer it has not picked up yet", function()
+        local id = engine:submit { url = base .. "/delay?s=2" }
+        assert.is_true(engine:cancel(id))
+        local got = collect(engine, 1, 5)
+        assert.equal("cancelled", got[id].error.code)
+      end)
+
+      it("delivers each of many transfers exactly once while cancels race their completion", function()
+        local ids, cancelled, early = {}, {}, {}
+        for i = 1, 120 do ids[i] = engine:submit { url = base .. "/delay?s=0.0" .. (i % 5) .. "&i=" .. i } end
+        for i = 1, 120, 3 do
+          if engine:cancel(ids[i]) then cancelled[ids[i]] = true end
+          if i % 9 == 1 then
+            for _, c in ipairs(engine:poll(0.002)) do early[#early + 1] = c end
+          end
+        end
+        local got, n = collect(engine, 120 - #early, 20)
+        for _, c in ipairs(early) do
+          assert.is_nil(got[c.id], "id delivered twice")
+          got[c.id], n = c, n + 1
+        end
+        assert.equal(120, n)
+        for _, id in ipairs(ids) do
+          local c = got[id]
+          if cancelled[id] then assert.equal("cancelled", c.error.code)
+          else assert.equal(200, c.status) end
+        end
+        assert.equal(0, engine:pending())
+      end)
+    end)
+  end
+
   describe("lifetime", function()
     it("closes idempotently; a closed engine refuses work with a clear error", function()
-      local e = core.new()
+      local e = new()
       e:submit { url = base .. "/delay?s=2" }
       e:close()
       e:close()
@@ -460,7 +563,7 @@ describe("enrich.core", function()
     it("frees an engine dropped with transfers in flight", function()
       local weak = setmetatable({}, { __mode = "v" })
       do
-        local e = core.new()
+        local e = new()
         for i = 1, 20 do e:submit { url = base .. "/delay?s=2&i=" .. i } end
         e:poll(0.05)
         weak[1] = e
@@ -473,18 +576,19 @@ describe("enrich.core", function()
     if _VERSION == "Lua 5.4" then
       it("closes at the end of a <close> scope", function()
         local run = assert(load([[
-          local core, url = ...
+          local core, opts, url = ...
           local kept
           do
-            local e <close> = core.new()
+            local e <close> = core.new(opts)
             e:submit { url = url }
             kept = e
           end
           return kept
         ]]))
-        local e = run(core, base .. "/delay?s=2")
+        local e = run(core, mode.opts, base .. "/delay?s=2")
         assert.has_error(function() e:pending() end, "enrich.core: engine is closed")
       end)
     end
   end)
 end)
+end

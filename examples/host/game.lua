@@ -18,6 +18,11 @@ if per_frame <= 0 then per_frame = jobs_n end
 -- default, so a job takes a few polls in a few frames); against a real
 -- provider keep the provider's cadence (seconds apart).
 local interval = tonumber(os.getenv("ENRICH_POLL_INTERVAL")) or 0.05
+
+-- A game sends and receives on a thread of libcurl's own, so no connect,
+-- send or TLS handshake lands inside a frame; tick() only hands requests
+-- over and turns answers into results. ENRICH_IO_THREAD=0: all in tick().
+assert(enrich.configure { io_thread = os.getenv("ENRICH_IO_THREAD") ~= "0" })
 local client = assert(enrich.client("tamtam", {
   api_key = os.getenv("TAMTAM_API_KEY") or "host-key",
   base_url = sim_url and (sim_url .. "/tamtam") or nil,

@@ -31,6 +31,30 @@ function _M.scheduler()
   return loop
 end
 
+local CONFIG = { io_thread = "boolean", per_host = "number" }
+
+--- Sets up the loop before its first use (a client, a task, a tick):
+---   io_thread = true   libcurl runs on a thread of its own, so connects,
+---                      sends and TLS never cost the thread that ticks;
+---   per_host  = n      transfers in flight per host (default 32).
+--- Returns true, or nil and a message if the loop exists already.
+function _M.configure(opts)
+  if type(opts) ~= "table" then error("enrich.configure: an options table is required", 2) end
+  for k, v in pairs(opts) do
+    if not CONFIG[k] then error("enrich.configure: unknown option '" .. tostring(k) .. "'", 2) end
+    if type(v) ~= CONFIG[k] then error("enrich.configure: '" .. k .. "' must be a " .. CONFIG[k], 2) end
+  end
+  local n = opts.per_host
+  if n and (n ~= math.floor(n) or n < 1 or n > 10000) then
+    error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
+  end
+  if loop then return nil, "enrich.configure: the loop is already running; configure before the first use" end
+  local made, err = scheduler.new { io_thread = opts.io_thread, per_host = n }
+  if not made then return nil, err end
+  loop = made
+  return true
+end
+
 function _M.client(name_or_spec, opts)
   return client.new(_M.scheduler(), name_or_spec, opts)
 end

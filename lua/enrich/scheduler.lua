@@ -26,18 +26,21 @@ sched_mt.__index = sched_mt
 _M.DEFAULT_PER_HOST = 32
 
 --- A new loop. opts.core: options for enrich.core's engine; opts.per_host:
---- transfers in flight per host (default 32, also libcurl's connection cap).
+--- transfers in flight per host (default 32, also libcurl's connection cap);
+--- opts.io_thread: libcurl runs on a thread of the engine's own (see core).
 function _M.new(opts)
   opts = opts or {}
   local per_host = opts.per_host or _M.DEFAULT_PER_HOST
   -- The engine reads no timings: completions need not carry them.
-  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host, timings = false }
+  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host, timings = false,
+                      io_thread = opts.io_thread or nil }
   for k, v in pairs(opts.core or {}) do core_opts[k] = v end
   local engine, err = core.new(core_opts)
   if not engine then return nil, err end
   return setmetatable({
     engine = engine,
     per_host = per_host,
+    threaded = core_opts.io_thread == true,  -- starting a transfer costs this thread nothing
     hosts = {},          -- host -> { n = in flight, queue of parked coroutines }
     host_of = {},        -- transfer id -> host
     timers = heap.new(),
@@ -48,6 +51,7 @@ function _M.new(opts)
     deferred = {},       -- tasks whose transfer waits for the next budgeted turn
     deferred_host = {},  -- the host slot each of them holds
     starts_left = nil,   -- new transfers this budgeted turn may still start
+    start_go = false,    -- this turn may start one step past its limit
     starting = { head = 1, tail = 0 },  -- engine steps not yet started
     tasks = {},          -- coroutine -> task record, for every task we run
     user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
@@ -225,7 +229,8 @@ end
 local function start_steps(self, limit)
   local q, pool = self.starting, self.pool
   local last = q.tail                    -- steps unheld meanwhile wait for the next pass
-  while q.head <= last and not over(limit) do
+  while q.head <= last and not (over(limit) and not self.start_go) do
+    self.start_go = false
     local task = q[q.head]
     q[q.head] = nil
     q.head = q.head + 1
@@ -361,10 +366,14 @@ local function run_ready(self, limit)
   end
 end
 
+-- Firing a timer only queues work (a wake, a step), so one always fires:
+-- a turn whose budget went on completions still moves the clock along.
 local function fire_timers(self, t, limit)
   local timers = self.timers
   local top = timers:peek()
-  while top and top.at <= t and not over(limit) do
+  local n = 0
+  while top and top.at <= t and not (n > 0 and over(limit)) do
+    n = n + 1
     timers:pop()
     top:on_timer(self)
     top = timers:peek()
@@ -372,9 +381,9 @@ local function fire_timers(self, t, limit)
 end
 
 -- A turn with a budget hands libcurl at most BUDGET_TRANSFERS new transfers
--- (each costs a connect and a send inside the next poll) and takes at most
--- BUDGET_COMPLETIONS completions (and ready sockets) per poll; the rest
--- waits for the next turn.
+-- (each costs a connect and a send inside the next poll; not so with an I/O
+-- thread, which sends them) and takes at most BUDGET_COMPLETIONS completions
+-- (and ready sockets) per poll; the rest waits for the next turn.
 _M.BUDGET_TRANSFERS = 2
 _M.BUDGET_COMPLETIONS = 4
 
@@ -382,7 +391,7 @@ _M.BUDGET_COMPLETIONS = 4
 -- step starts, as many as the turn's share; one whose task was abandoned
 -- (see run) gives its slot back. The rest keep their place in line.
 local function begin_turn(self, budget)
-  self.starts_left = budget and _M.BUDGET_TRANSFERS or nil
+  self.starts_left = budget and not self.threaded and _M.BUDGET_TRANSFERS or nil
   local d, hosts = self.deferred, self.deferred_host
   if d[1] == nil then return end
   local share = self.starts_left or #d
@@ -400,30 +409,9 @@ local function begin_turn(self, budget)
   for i = 1, #go do resume(self, go[i]) end
 end
 
---- One turn: runs what is ready, fires due timers, waits for transfers at
---- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
---- ready), and wakes whoever a completion belongs to. With `budget`
---- (seconds), no new work starts once that much time has gone: the rest
---- waits, queued, for the next turn. Returns the live jobs and tasks.
-function sched_mt:step(max_wait, budget)
-  local limit = budget and now() + budget
-  begin_turn(self, budget)
-  run_ready(self, limit)
-  fire_timers(self, now(), limit)
-  run_ready(self, limit)
-  local wait = max_wait or 0
-  if queued(self) then
-    wait = 0
-  else
-    local top = self.timers:peek()
-    if top then wait = min(wait, max(top.at - now(), 0)) end
-  end
-  local done
-  if limit then
-    done = self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0))
-  else
-    done = self.engine:poll(wait)
-  end
+-- Wakes whoever each completion belongs to; past the turn's limit the rest
+-- wait, queued, for the next turn.
+local function deliver(self, done, limit)
   for i = 1, #done do
     local c = done[i]
     local co = self.waiting[c.id]
@@ -434,6 +422,50 @@ function sched_mt:step(max_wait, budget)
       if i > 1 and over(limit) then enqueue(self, co, c) else resume(self, co, c) end
     end
   end
+end
+
+-- Seconds the turn may wait for transfers: none while work is queued, and
+-- not past the next timer.
+local function wait_for(self, max_wait)
+  if queued(self) then return 0 end
+  local wait = max_wait or 0
+  local top = self.timers:peek()
+  if top then wait = min(wait, max(top.at - now(), 0)) end
+  return wait
+end
+
+local function poll(self, wait, limit)
+  if limit then return self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0)) end
+  return self.engine:poll(wait)
+end
+
+--- One turn: runs what is ready, fires due timers, waits for transfers at
+--- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
+--- ready), and wakes whoever a completion belongs to. With `budget`
+--- (seconds), no new work starts once that much time has gone: the rest
+--- waits, queued, for the next turn. Returns the live jobs and tasks.
+function sched_mt:step(max_wait, budget)
+  local limit = budget and now() + budget
+  if self.threaded then
+    -- With an I/O thread: completions first, and the turn's new transfers
+    -- handed over in one go at its end (flush), so the thread's sending
+    -- does not land inside the turn on a shared core.
+    deliver(self, poll(self, wait_for(self, max_wait), limit), limit)
+    -- Starting a step costs only Lua here: one always gets a go, so the
+    -- completions delivered first cannot starve new work.
+    self.start_go = budget ~= nil
+    begin_turn(self, budget)
+    run_ready(self, limit)
+    fire_timers(self, now(), limit)
+    run_ready(self, limit)
+    self.engine:flush()
+    return self:live()
+  end
+  begin_turn(self, budget)
+  run_ready(self, limit)
+  fire_timers(self, now(), limit)
+  run_ready(self, limit)
+  deliver(self, poll(self, wait_for(self, max_wait), limit), limit)
   fire_timers(self, now(), limit)
   run_ready(self, limit)
   return self:live()

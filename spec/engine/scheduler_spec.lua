@@ -150,7 +150,8 @@ describe("jobs and the loop", function()
         require("socket").sleep(0.001)
       until live == 0 or ticks > 5000
       for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
-      assert.equal(scheduler.BUDGET_TRANSFERS, most)
+      -- With an I/O thread a send costs the ticking thread nothing: no pacing.
+      assert.equal(sched.threaded and 10 or scheduler.BUDGET_TRANSFERS, most)
       -- Deferred submits go first each turn: nothing overtakes them.
       local first = { (table.unpack or unpack)(order, 1, 10) }
       assert.same({ "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10" }, first)

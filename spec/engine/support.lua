@@ -9,6 +9,10 @@ local enrich = require "enrich"
 
 local support = {}
 
+-- scripts/run-tests runs these specs once more with libcurl on the engine's
+-- own I/O thread (enrich.configure), before any spec makes the loop.
+if os.getenv("ENRICH_SPEC_IO_THREAD") == "1" then assert(enrich.configure { io_thread = true }) end
+
 function support.start()
   return helper.spawn("bin/enrich-sim", { "--port", "0" }, { max_seconds = 300 })
 end

@@ -44,6 +44,13 @@ describe("the ticking host", function()
     assert.equal(50, support.stats(sim, "tamtam").submissions)
   end)
 
+  it("ticks the same jobs with libcurl inside tick(), without the I/O thread", function()
+    local out, err, code = run(("ENRICH_IO_THREAD=0 %s %s 50 5 20"):format(HOST, q(sim.url)))
+    assert.equal(0, code, out .. err)
+    local s = assert(summary(out), out)
+    assert.same({ 50, 50, 0 }, { s.jobs, s.succeeded, s.live })
+  end)
+
   it("ticks jobs submitted a few per frame, as a game's update step would", function()
     local out, err, code = run(("%s %s 50 5 20"):format(HOST, q(sim.url)))
     assert.equal(0, code, out .. err)

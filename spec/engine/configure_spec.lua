@@ -1,0 +1,24 @@
+-- enrich.configure: options for the loop, taken before its first use.
+local enrich = require "enrich"
+
+describe("enrich.configure", function()
+  it("raises on anything but a table of known, well-typed options", function()
+    assert.has_error(function() enrich.configure() end, "enrich.configure: an options table is required")
+    assert.has_error(function() enrich.configure { threads = 2 } end, "enrich.configure: unknown option 'threads'")
+    assert.has_error(function() enrich.configure { io_thread = "yes" } end,
+      "enrich.configure: 'io_thread' must be a boolean")
+    assert.has_error(function() enrich.configure { per_host = 0 } end)
+    assert.has_error(function() enrich.configure { per_host = 2.5 } end)
+  end)
+
+  it("sets up the loop once, and says so when it is already running", function()
+    assert.is_true(enrich.configure { io_thread = true, per_host = 8 })
+    local loop = enrich.scheduler()
+    assert.is_true(loop.threaded)
+    assert.equal(8, loop.per_host)
+    local ok, err = enrich.configure { io_thread = false }
+    assert.is_nil(ok)
+    assert.matches("already running", err)
+    assert.equal(loop, enrich.scheduler())
+  end)
+end)
