@@ -5,16 +5,20 @@
 # Reports the wall time inside tick() (median, p99, worst; target: worst
 # < 1 ms) and the thread's CPU time inside it.
 #
-# A game runs the collector in the idle rest of its frames (ENRICH_HOST_GC=
-# idle), and its provider is another machine. Here the provider is nginx on
-# the same 2 cores, and every loopback send runs nginx's side in our thread
-# and wakes nginx where it may preempt us; so the main runs put the
-# simulator on the last CPU and the host on the first (taskset), and two
-# more runs show what each of those choices costs:
+# The game sends and receives on libcurl's own thread (enrich.configure
+# { io_thread = true }): tick() hands requests over and turns answers into
+# results. A game runs the collector in the idle rest of its frames
+# (ENRICH_HOST_GC=idle), and its provider is another machine. Here the
+# provider is nginx on the same 2 cores, and every loopback send runs
+# nginx's side in the sending thread and wakes nginx where it may preempt
+# it; so the main runs put the simulator on the last CPU and the host (both
+# its threads) on the first (taskset), and more runs show what each of
+# those choices costs:
 #   (t1) polls 1 s apart, jobs submitted 25 per frame (a tool's pace);
 #   (t2) polls 50 ms apart (stress: ~2,500 requests in a few seconds);
 #   (t3) as t1, the collector left inside tick (Lua's own pacing);
-#   (t4) as t1, host and simulator sharing both cores.
+#   (t4) as t1, host and simulator sharing both cores;
+#   (t5) as t1 without the I/O thread: libcurl inside tick, sends paced.
 # BENCH_TICK_PROFILE=1 adds where a tick's time goes (bench/tick_profile.lua).
 # Asserts nothing about speed. Usage: sh bench/tick_bench.sh
 set -eu
@@ -41,9 +45,10 @@ reset() {
 }
 pick() { tr ' ' '\n' | grep -E "^($1)=" | tr '\n' ' '; }
 fields='succeeded|frames|median_ms|p99_ms|worst_ms|cpu_median_ms|cpu_worst_ms'
-host() {   # host() INTERVAL GC [PIN]
+host() {   # host() INTERVAL GC PIN [IO_THREAD]
   reset
-  ENRICH_POLL_INTERVAL=$1 ENRICH_HOST_GC=$2 $3 build/host/enrich-host "$sim" "$JOBS" 25 | tail -n 1 | pick "$fields"
+  ENRICH_IO_THREAD=${4:-1} ENRICH_POLL_INTERVAL=$1 ENRICH_HOST_GC=$2 $3 build/host/enrich-host "$sim" "$JOBS" 25 \
+    | tail -n 1 | pick "$fields"
 }
 echo "ticking host, $JOBS jobs in flight, 60 fps (ms inside enrich.tick());"
 if [ -n "$pin_host" ]; then
@@ -55,6 +60,7 @@ echo "  (t1) polls 1 s apart:        $(host 1 idle "$pin_host")"
 echo "  (t2) polls 50 ms apart:      $(host 0.05 idle "$pin_host")"
 echo "  (t3) t1, collector in tick:  $(host 1 auto "$pin_host")"
 echo "  (t4) t1, sharing both cores: $(host 1 idle "")"
+echo "  (t5) t1, no I/O thread:      $(host 1 idle "$pin_host" 0)"
 echo "  target: worst < 1 ms (t1, t2)"
 if [ "${BENCH_TICK_PROFILE:-0}" = 1 ]; then
   reset

@@ -3,7 +3,9 @@
 -- there is something to do, never busy-looping.
 --
 --   * engine:fd() — an epoll descriptor that turns readable when libcurl
---     has socket work: watched with a uv poll handle;
+--     has socket work (with ENRICH_IO_THREAD=1, libcurl runs on a thread of
+--     its own and fd() is a pipe, readable while answers wait): watched
+--     with a uv poll handle;
 --   * the next deadline — the sooner of engine:timeout() (libcurl's own
 --     timers) and the scheduler's next timer (a job's next poll, a retry
 --     back-off, an enrich.sleep): one uv timer, re-armed after every tick.
@@ -14,6 +16,8 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/5.4/?.so;" .. package.cpath
 local uv = require "luv"
 local enrich = require "enrich"
+
+if os.getenv("ENRICH_IO_THREAD") == "1" then assert(enrich.configure { io_thread = true }) end
 
 local sim = os.getenv("ENRICH_SIM_URL")
 local jobs_n = math.tointeger(tonumber(arg[1] or "")) or 5

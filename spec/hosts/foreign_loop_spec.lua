@@ -24,8 +24,9 @@ describe("a luv loop driving enrich", function()
     support.configure(sim, { tamtam = { polls = 2, rate_limit = false } })
   end)
 
-  local function example(jobs)
-    return run(("ENRICH_SIM_URL=%s timeout 40 lua5.4 examples/foreign_loop/luv_loop.lua %d"):format(q(sim.url), jobs))
+  local function example(jobs, env)
+    return run(("%sENRICH_SIM_URL=%s timeout 40 lua5.4 examples/foreign_loop/luv_loop.lua %d"):format(
+      env or "", q(sim.url), jobs))
   end
 
   it("runs every job to its end and prints the results", function()
@@ -37,6 +38,15 @@ describe("a luv loop driving enrich", function()
     local ticks = tonumber(out:match("jobs=8 succeeded=8 ticks=(%d+)"))
     assert.is_number(ticks, out)
     -- Woken by the fd and the timers only: a busy loop would tick thousands of times.
+    assert.is_true(ticks < 1000, "ticks: " .. ticks)
+    assert.equal(8, support.stats(sim, "tamtam").submissions)
+  end)
+
+  it("waits on the I/O thread's pipe just the same", function()
+    local out, err, code = example(8, "ENRICH_IO_THREAD=1 ")
+    assert.equal(0, code, out .. err)
+    local ticks = tonumber(out:match("jobs=8 succeeded=8 ticks=(%d+)"))
+    assert.is_number(ticks, out)
     assert.is_true(ticks < 1000, "ticks: " .. ticks)
     assert.equal(8, support.stats(sim, "tamtam").submissions)
   end)
