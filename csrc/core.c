@@ -11,6 +11,9 @@
 static ec_engine *check_engine(lua_State *L, int i) {
   ec_engine *e = luaL_checkudata(L, i, EC_ENGINE_MT);
   if (e->multi == NULL) luaL_error(L, "enrich.core: engine is closed");
+  if (ec_io_orphaned(e))
+    luaL_error(L, "enrich.core: this engine's I/O thread stayed in the process that made it "
+                  "(made before a fork): make engines after forking");
   return e;
 }
 
@@ -22,7 +25,19 @@ static void push_engine_table(lua_State *L, ec_engine *e) {
 static int eng_close(lua_State *L) {
   ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
   if (e->multi == NULL) return 0;          /* closed already: idempotent */
-  ec_io_stop(e);                           /* first: the thread uses the multi handle */
+  if (ec_io_orphaned(e)) {
+    /* A forked child: no thread to join, and the multi handle's connections
+     * are the parent's too. Let it all go with the process. */
+    e->multi = NULL;
+    e->io = NULL;
+  } else {
+    ec_io_stop(e);                         /* first: the thread uses the multi handle */
+  }
+  if (e->multi == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
+    e->ref = LUA_NOREF;
+    return 0;
+  }
   ec_list *lists[2] = { &e->active, &e->done };
   for (int i = 0; i < 2; i++)
     while (lists[i]->head) {

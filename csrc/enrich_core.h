@@ -126,6 +126,7 @@ int  ec_io_cancel(ec_engine *e, ec_xfer *x); /* 1: will be delivered as cancelle
 void ec_io_collect(ec_engine *e, double timeout); /* finished transfers → e->done */
 double ec_io_timeout(ec_engine *e);         /* 0 when finished ones wait, else -1 */
 int  ec_io_fd(const ec_engine *e);          /* readable while finished ones wait */
+int  ec_io_orphaned(const ec_engine *e);    /* 1: in a child forked after the thread started */
 
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);

@@ -42,6 +42,7 @@ struct ec_io {
   int stop;
   int signalled;            /* the pipe holds a byte (outbox not empty) */
   int unsent;               /* Lua thread only: submits or cancels not yet signalled */
+  pid_t pid;                /* the process the thread runs in */
   int pipe[2];
 };
 
@@ -162,6 +163,7 @@ const char *ec_io_start(ec_engine *e) {
     close(io->pipe[0]); close(io->pipe[1]); free(io);
     return "could not create a mutex";
   }
+  io->pid = getpid();
   e->io = io;
   if (pthread_create(&io->thread, NULL, io_main, e) != 0) {
     e->io = NULL;
@@ -271,3 +273,6 @@ double ec_io_timeout(ec_engine *e) {
 }
 
 int ec_io_fd(const ec_engine *e) { return e->io->pipe[0]; }
+
+/* After fork() the child has the engine's memory but not its thread. */
+int ec_io_orphaned(const ec_engine *e) { return e->io != NULL && e->io->pid != getpid(); }

@@ -517,6 +517,33 @@ describe(mode.name, function()
         for _, c in ipairs(got) do assert.equal(200, c.status) end
       end)
 
+      it("refuses work in a child forked after the thread started, and closes there without hanging", function()
+        if not jit then return pending("fork() from a spec needs LuaJIT's FFI") end
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int fork(void); void _exit(int); int waitpid(int, int *, int);")
+        engine:submit { url = base .. "/json" }
+        local pid = ffi.C.fork()
+        if pid == 0 then                    -- the child: exit code 0 if all went as it should
+          local ok, err = pcall(engine.submit, engine, { url = base .. "/json" })
+          local refused = not ok and tostring(err):find("made before a fork", 1, true) ~= nil
+          engine:close()
+          ffi.C._exit(refused and 0 or 3)
+        end
+        assert.is_true(pid > 0)
+        local status, done = ffi.new("int[1]"), 0
+        for _ = 1, 500 do                   -- 5 s at most
+          done = ffi.C.waitpid(pid, status, 1)  -- WNOHANG
+          if done == pid then break end
+          require("socket").sleep(0.01)
+        end
+        if done ~= pid then os.execute("kill -9 " .. pid) end
+        assert.equal(pid, done, "the child hung")
+        assert.equal(0, math.floor(status[0] / 256) % 256)
+        local got = collect(engine, 1)      -- the parent's engine goes on as before
+        local _, c = next(got)
+        assert.equal(200, c and c.status)
+      end)
+
       it("cancels a transfer it has not picked up yet", function()
         local id = engine:submit { url = base .. "/delay?s=2" }
         assert.is_true(engine:cancel(id))

@@ -23,11 +23,11 @@ local _M = {
   DEFAULT_RETRY = policy.DEFAULT_RETRY,
 }
 
-local loop
+local loop, loop_opts
 
 --- The loop every client and task of this Lua state shares.
 function _M.scheduler()
-  if not loop then loop = assert(scheduler.new()) end
+  if not loop then loop = assert(scheduler.new(loop_opts)) end
   return loop
 end
 
@@ -37,6 +37,8 @@ local CONFIG = { io_thread = "boolean", per_host = "number" }
 ---   io_thread = true   libcurl runs on a thread of its own, so connects,
 ---                      sends and TLS never cost the thread that ticks;
 ---   per_host  = n      transfers in flight per host (default 32).
+--- The loop is made at its first use, with these options: in OpenResty's
+--- init_by_lua, each worker still makes its own after the fork.
 --- Returns true, or nil and a message if the loop exists already.
 function _M.configure(opts)
   if type(opts) ~= "table" then error("enrich.configure: an options table is required", 2) end
@@ -49,9 +51,7 @@ function _M.configure(opts)
     error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
   end
   if loop then return nil, "enrich.configure: the loop is already running; configure before the first use" end
-  local made, err = scheduler.new { io_thread = opts.io_thread, per_host = n }
-  if not made then return nil, err end
-  loop = made
+  loop_opts = { io_thread = opts.io_thread, per_host = n }
   return true
 end
 
