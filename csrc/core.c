@@ -101,7 +101,8 @@ static ec_xfer *lookup(lua_State *L, ec_engine *e, lua_Integer id) {
 }
 
 /* Cancels a transfer still in flight: it is delivered by the next poll with
- * error code "cancelled", so every submitted id completes exactly once.
+ * error code "cancelled" (with an I/O thread, by a later one, once that
+ * thread has let go of it), so every submitted id completes exactly once.
  * Returns false for an unknown id or one that has already finished. */
 static int eng_cancel(lua_State *L) {
   ec_engine *e = check_engine(L, 1);

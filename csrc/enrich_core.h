@@ -35,7 +35,8 @@ typedef struct ec_xfer ec_xfer;
 typedef struct ec_io ec_io;
 
 /* Where a transfer of an engine with an I/O thread is (thread.c): who may
- * touch its list links. Changed only under the engine's io lock. */
+ * touch its list links (EC_AT_LUA, 0: being built, or delivered). Written
+ * by either thread, always under the engine's io lock. */
 enum { EC_AT_LUA, EC_IN_INBOX, EC_IN_ACTIVE, EC_IN_OUTBOX };
 
 typedef enum { EC_DECODE_AUTO, EC_DECODE_ALWAYS, EC_DECODE_NEVER } ec_decode;
@@ -52,7 +53,7 @@ struct ec_xfer {
   int cancelled;
   int finished;            /* in the done list, waiting for delivery */
   int in_multi;            /* added to the multi handle, not yet removed */
-  int where;               /* EC_AT_LUA..EC_IN_OUTBOX (I/O thread only) */
+  int where;               /* EC_AT_LUA..EC_IN_OUTBOX (with an I/O thread) */
   int cancel_req;          /* cancel asked, the I/O thread has yet to act */
   int is_head;             /* HEAD: no body, nothing to decode */
   ec_decode decode;

@@ -23,6 +23,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include "enrich_core.h"
@@ -75,14 +76,17 @@ static void remove_from_multi(ec_engine *e, ec_xfer *x) {
   ec_list_remove(&e->active, x);
 }
 
-/* Under lock: the transfers poll's cancel marked leave the multi handle. */
-static void cancel_marked_locked(ec_engine *e, ec_list *finished) {
+/* Under lock: takes the transfers a cancel marked out of `active`. They
+ * leave the multi handle after the lock is let go: removing one that is
+ * still resolving waits for its DNS lookup, and the Lua thread must never
+ * wait for that. */
+static void take_marked_locked(ec_engine *e, ec_list *marked) {
   ec_xfer *x = e->active.head;
   while (x) {
     ec_xfer *next = x->next;
     if (x->cancel_req) {
-      remove_from_multi(e, x);
-      ec_list_push(finished, x);
+      ec_list_remove(&e->active, x);
+      ec_list_push(marked, x);
     }
     x = next;
   }
@@ -93,8 +97,9 @@ static void *io_main(void *arg) {
   ec_io *io = e->io;
 #ifdef SCHED_BATCH
   /* A background worker: on a core it shares with the thread that ticks,
-   * its wakeups must not preempt that thread mid-frame; it runs when the
-   * frame sleeps. (Linux; allowed without privileges; best effort.) */
+   * its wakeups do not preempt that thread (no wakeup preemption); it gets
+   * the core when the frame sleeps or its time slice ends. (Linux; allowed
+   * without privileges; best effort.) */
   struct sched_param sp = { 0 };
   pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 #endif
@@ -135,13 +140,25 @@ static void *io_main(void *arg) {
 
     /* Cancels come after the adds: one asked for a transfer that was in
      * `fresh` a moment ago finds it in `active` now. */
+    ec_list marked = { NULL, NULL, 0 };
     pthread_mutex_lock(&io->lock);
     if (io->cancels > 0) {
       io->cancels = 0;
-      cancel_marked_locked(e, &finished);
+      take_marked_locked(e, &marked);
     }
-    post_locked(io, &finished);
     pthread_mutex_unlock(&io->lock);
+    while (marked.head) {
+      ec_xfer *x = marked.head;
+      ec_list_remove(&marked, x);
+      curl_multi_remove_handle(e->multi, x->easy);
+      x->in_multi = 0;
+      ec_list_push(&finished, x);
+    }
+    if (finished.n > 0) {
+      pthread_mutex_lock(&io->lock);
+      post_locked(io, &finished);
+      pthread_mutex_unlock(&io->lock);
+    }
 
     /* Returns on socket activity, libcurl's next timeout, or a wakeup from
      * submit, cancel or stop (a wakeup sent meanwhile is not lost). */
@@ -154,18 +171,29 @@ const char *ec_io_start(ec_engine *e) {
   ec_io *io = calloc(1, sizeof *io);
   if (io == NULL) return "out of memory";
   io->pipe[0] = io->pipe[1] = -1;
-  if (pipe(io->pipe) != 0) { free(io); return "could not create a pipe"; }
-  for (int i = 0; i < 2; i++) {
-    fcntl(io->pipe[i], F_SETFD, FD_CLOEXEC);
-    fcntl(io->pipe[i], F_SETFL, O_NONBLOCK);
-  }
+#ifdef __linux__
+  int piped = pipe2(io->pipe, O_CLOEXEC | O_NONBLOCK) == 0;
+#else
+  int piped = pipe(io->pipe) == 0;
+  for (int i = 0; piped && i < 2; i++)
+    piped = fcntl(io->pipe[i], F_SETFD, FD_CLOEXEC) == 0 && fcntl(io->pipe[i], F_SETFL, O_NONBLOCK) == 0;
+  if (!piped && io->pipe[0] >= 0) { close(io->pipe[0]); close(io->pipe[1]); }
+#endif
+  if (!piped) { free(io); return "could not create a pipe"; }
   if (pthread_mutex_init(&io->lock, NULL) != 0) {
     close(io->pipe[0]); close(io->pipe[1]); free(io);
     return "could not create a mutex";
   }
   io->pid = getpid();
   e->io = io;
-  if (pthread_create(&io->thread, NULL, io_main, e) != 0) {
+  /* Every signal stays with the host's threads (nginx expects its own to
+   * interrupt its event loop): the new thread starts with all blocked. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int started = pthread_create(&io->thread, NULL, io_main, e) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (!started) {
     e->io = NULL;
     pthread_mutex_destroy(&io->lock);
     close(io->pipe[0]); close(io->pipe[1]); free(io);
@@ -251,7 +279,8 @@ void ec_io_collect(ec_engine *e, double timeout) {
     pthread_mutex_unlock(&io->lock);
     if (empty) {                    /* a post meanwhile leaves the pipe readable */
       struct pollfd p = { io->pipe[0], POLLIN, 0 };
-      for (int i = 0; i < 8 && poll(&p, 1, ec_to_ms(timeout)) < 0 && errno == EINTR; i++) {}
+      double until = ec_now() + timeout;
+      for (int i = 0; i < 8 && poll(&p, 1, ec_to_ms(until - ec_now())) < 0 && errno == EINTR; i++) {}
     }
   }
   pthread_mutex_lock(&io->lock);
@@ -264,8 +293,10 @@ void ec_io_collect(ec_engine *e, double timeout) {
   pthread_mutex_unlock(&io->lock);
 }
 
+/* 0 also while submits wait for a flush: a foreign loop then polls, and
+ * poll hands them over. */
 double ec_io_timeout(ec_engine *e) {
-  if (e->done.n > 0) return 0;
+  if (e->done.n > 0 || e->io->unsent) return 0;
   pthread_mutex_lock(&e->io->lock);
   int ready = e->io->outbox.n > 0;
   pthread_mutex_unlock(&e->io->lock);

@@ -443,9 +443,10 @@ describe(mode.name, function()
 
   describe("timeout()", function()
     if threaded then
-      it("is nil while transfers run on the I/O thread, 0 once a completion waits", function()
+      it("is nil while transfers run on the I/O thread, 0 once a completion or a submit waits", function()
         assert.is_nil(engine:timeout())
         engine:submit { url = base .. "/delay?s=0.2" }
+        assert.equal(0, engine:timeout())   -- waiting for a flush: poll now, poll hands it over
         engine:flush()
         assert.is_nil(engine:timeout())
         local socket = require "socket"
