@@ -31,7 +31,30 @@ function support.control(sim, method, path, body)
   return cjson.decode(text)
 end
 
-function support.reset(sim) return support.control(sim, "POST", "/_sim/reset") end
+-- With an I/O thread, the transfers a test handed over go on by themselves
+-- and could reach the simulator after the next test reset it: the loop is
+-- driven (2 s at most) until each of those has ended. Without one, nothing
+-- moves unless the loop is driven, and this returns at once.
+local function settle()
+  local sched = enrich.scheduler()
+  if not sched.threaded then return end
+  local ids = {}
+  for id in pairs(sched.waiting) do ids[#ids + 1] = id end
+  local function open()
+    for _, id in ipairs(ids) do if sched.waiting[id] then return true end end
+    return false
+  end
+  local deadline = sched.now() + 2
+  while open() and sched.now() < deadline do
+    pcall(enrich.tick)                     -- a failure is the test's own business
+    require("socket").sleep(0.002)
+  end
+end
+
+function support.reset(sim)
+  settle()
+  return support.control(sim, "POST", "/_sim/reset")
+end
 function support.configure(sim, t) return support.control(sim, "POST", "/_sim/config", t) end
 function support.fault(sim, t) return support.control(sim, "POST", "/_sim/faults", t) end
 function support.stats(sim, provider)
