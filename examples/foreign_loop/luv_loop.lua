@@ -11,7 +11,7 @@
 --     back-off, an enrich.sleep): one uv timer, re-armed after every tick.
 --
 -- usage: ENRICH_SIM_URL=http://127.0.0.1:PORT lua5.4 examples/foreign_loop/luv_loop.lua [JOBS]
--- Prints one line per job, then "jobs=N succeeded=N ticks=N"; exits 1 unless all succeeded.
+-- Prints one line per job, then "jobs=N succeeded=N ticks=N io_thread=0|1"; exits 1 unless all succeeded.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/5.4/?.so;" .. package.cpath
 local uv = require "luv"
@@ -120,5 +120,6 @@ for i, job in ipairs(jobs) do
   print(("job %d %s %s %s"):format(i, job.state, r and r.status or "-", r and r.email or "-"))
   if job.state == "succeeded" and r.email == ("luv%d.loop@example.com"):format(i) then succeeded = succeeded + 1 end
 end
-print(("jobs=%d succeeded=%d ticks=%s"):format(jobs_n, succeeded, tostring(finished_ticks)))
+print(("jobs=%d succeeded=%d ticks=%s io_thread=%d"):format(jobs_n, succeeded, tostring(finished_ticks),
+  enrich.scheduler().threaded and 1 or 0))
 os.exit(succeeded == jobs_n and 0 or 1)

@@ -80,8 +80,9 @@ function game.summary()
       end
     end
   end
-  return ("jobs=%d succeeded=%d wrong=%d unfinished=%d"):format(
-    jobs_n, counts.succeeded, counts.wrong, counts.unfinished), counts.succeeded == jobs_n
+  return ("jobs=%d succeeded=%d wrong=%d unfinished=%d io_thread=%d"):format(
+    jobs_n, counts.succeeded, counts.wrong, counts.unfinished, enrich.scheduler().threaded and 1 or 0),
+    counts.succeeded == jobs_n
 end
 
 return game

@@ -39,6 +39,7 @@ local CONFIG = { io_thread = "boolean", per_host = "number" }
 ---   per_host  = n      transfers in flight per host (default 32).
 --- The loop is made at its first use, with these options: in OpenResty's
 --- init_by_lua, each worker still makes its own after the fork.
+--- Calls before the first use add up (the last value of an option wins).
 --- Returns true, or nil and a message if the loop exists already.
 function _M.configure(opts)
   if type(opts) ~= "table" then error("enrich.configure: an options table is required", 2) end
@@ -51,7 +52,8 @@ function _M.configure(opts)
     error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
   end
   if loop then return nil, "enrich.configure: the loop is already running; configure before the first use" end
-  loop_opts = { io_thread = opts.io_thread, per_host = n }
+  loop_opts = loop_opts or {}              -- a later call adds to an earlier one
+  for k, v in pairs(opts) do loop_opts[k] = v end
   return true
 end
 

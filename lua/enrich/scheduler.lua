@@ -366,12 +366,13 @@ local function run_ready(self, limit)
   end
 end
 
--- Firing a timer only queues work (a wake, a step), so one always fires:
--- a turn whose budget went on completions still moves the clock along.
-local function fire_timers(self, t, limit)
+-- Firing a timer only queues work (a wake, a step). With `go`, one fires
+-- even past the limit: a threaded turn delivers its completions first, and
+-- one whose budget went on them must still move the clock along.
+local function fire_timers(self, t, limit, go)
   local timers = self.timers
   local top = timers:peek()
-  local n = 0
+  local n = go and 0 or 1
   while top and top.at <= t and not (n > 0 and over(limit)) do
     n = n + 1
     timers:pop()
@@ -456,7 +457,7 @@ function sched_mt:step(max_wait, budget)
     self.start_go = budget ~= nil
     begin_turn(self, budget)
     run_ready(self, limit)
-    fire_timers(self, now(), limit)
+    fire_timers(self, now(), limit, true)
     run_ready(self, limit)
     self.engine:flush()
     return self:live()

@@ -124,7 +124,8 @@ describe("jobs and the loop", function()
     client:resume_submitting()
   end)
 
-  it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, oldest first", function()
+  it("a budgeted tick hands the core at most BUDGET_TRANSFERS new transfers, oldest first (all, on an I/O thread)",
+     function()
     local scheduler = require "enrich.scheduler"
     local sched = enrich.scheduler()
     local real = sched.engine
