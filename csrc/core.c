@@ -30,14 +30,11 @@ static int eng_close(lua_State *L) {
      * are the parent's too. Let it all go with the process. */
     e->multi = NULL;
     e->io = NULL;
-  } else {
-    ec_io_stop(e);                         /* first: the thread uses the multi handle */
-  }
-  if (e->multi == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
     e->ref = LUA_NOREF;
     return 0;
   }
+  ec_io_stop(e);                           /* first: the thread uses the multi handle */
   ec_list *lists[2] = { &e->active, &e->done };
   for (int i = 0; i < 2; i++)
     while (lists[i]->head) {
@@ -114,8 +111,7 @@ static int eng_cancel(lua_State *L) {
   }
   int found = x != NULL && !x->finished;
   if (found) {
-    curl_multi_remove_handle(e->multi, x->easy);
-    x->in_multi = 0;
+    ec_xfer_unplug(e, x);
     x->cancelled = x->finished = 1;
     ec_list_remove(&e->active, x);
     ec_list_push(&e->done, x);

@@ -104,12 +104,14 @@ size_t ec_size_field(lua_State *L, int idx, const char *name, size_t dflt);
 
 /* xfer.c: building and freeing transfers; ec_xfer_new does not start it */
 ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx);
+void ec_xfer_unplug(ec_engine *e, ec_xfer *x);  /* out of the multi handle, if in */
 void ec_xfer_free(ec_engine *e, ec_xfer *x);
 
 /* loop.c: waiting on libcurl and driving it */
 double ec_now(void);
 int  ec_to_ms(double seconds);              /* rounded up, capped at INT_MAX */
 int  ec_loop_open(ec_engine *e);            /* 0, or -1 */
+void ec_loop_drain(ec_engine *e, ec_list *to); /* libcurl's finished transfers → to */
 void ec_loop_close(ec_engine *e);
 /* Until a completion or the deadline, handling at most max_events ready
  * sockets per wait (0: the default, 64). */

@@ -26,8 +26,9 @@ int ec_to_ms(double seconds) {
   return (int)(seconds * 1000.0 + 0.999);
 }
 
-/* Moves every transfer libcurl reports finished to the done list. */
-static void drain(ec_engine *e) {
+/* Moves every transfer libcurl reports finished from `active` to `to`
+ * (the done list; with an I/O thread, that thread's own list). */
+void ec_loop_drain(ec_engine *e, ec_list *to) {
   CURLMsg *m;
   int left;
   while ((m = curl_multi_info_read(e->multi, &left))) {
@@ -37,10 +38,9 @@ static void drain(ec_engine *e) {
     if (x == NULL) continue;
     x->result = m->data.result;
     x->finished = 1;
-    curl_multi_remove_handle(e->multi, x->easy);
-    x->in_multi = 0;
+    ec_xfer_unplug(e, x);
     ec_list_remove(&e->active, x);
-    ec_list_push(&e->done, x);
+    ec_list_push(to, x);
   }
 }
 
@@ -104,7 +104,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
     if (e->timer_at >= 0 && e->timer_at <= now) {
       e->timer_at = -1;
       curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-      drain(e);
+      ec_loop_drain(e, &e->done);
       if (e->done.n > 0) return;
     }
     double wait = deadline - now;
@@ -119,7 +119,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
       if (evs[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
       curl_multi_socket_action(e->multi, evs[i].data.fd, flags, &running);
     }
-    drain(e);
+    ec_loop_drain(e, &e->done);
     if (e->done.n > 0 || ec_now() >= deadline) return;
   }
 }
@@ -155,7 +155,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
   for (;;) {
     int running;
     curl_multi_perform(e->multi, &running);
-    drain(e);
+    ec_loop_drain(e, &e->done);
     if (e->done.n > 0) return;
     double left = deadline - ec_now();
     if (left <= 0) return;

@@ -70,12 +70,6 @@ static void post_locked(ec_io *io, ec_list *finished) {
 
 #ifdef EC_HAVE_IO_THREAD
 
-static void remove_from_multi(ec_engine *e, ec_xfer *x) {
-  curl_multi_remove_handle(e->multi, x->easy);
-  x->in_multi = 0;
-  ec_list_remove(&e->active, x);
-}
-
 /* Under lock: takes the transfers a cancel marked out of `active`. They
  * leave the multi handle after the lock is let go: removing one that is
  * still resolving waits for its DNS lookup, and the Lua thread must never
@@ -126,17 +120,7 @@ static void *io_main(void *arg) {
 
     int running;
     curl_multi_perform(e->multi, &running);
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(e->multi, &left))) {
-      ec_xfer *x = NULL;
-      if (m->msg != CURLMSG_DONE) continue;
-      curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-      if (x == NULL) continue;
-      x->result = m->data.result;
-      remove_from_multi(e, x);
-      ec_list_push(&finished, x);
-    }
+    ec_loop_drain(e, &finished);
 
     /* Cancels come after the adds: one asked for a transfer that was in
      * `fresh` a moment ago finds it in `active` now. */
@@ -150,8 +134,7 @@ static void *io_main(void *arg) {
     while (marked.head) {
       ec_xfer *x = marked.head;
       ec_list_remove(&marked, x);
-      curl_multi_remove_handle(e->multi, x->easy);
-      x->in_multi = 0;
+      ec_xfer_unplug(e, x);
       ec_list_push(&finished, x);
     }
     if (finished.n > 0) {

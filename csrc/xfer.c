@@ -336,11 +336,18 @@ ec_xfer *ec_xfer_new(lua_State *L, ec_engine *e, int req_idx) {
   return x;
 }
 
+/* Takes x's easy handle out of the multi handle, if it is in. */
+void ec_xfer_unplug(ec_engine *e, ec_xfer *x) {
+  if (!x->in_multi) return;
+  curl_multi_remove_handle(e->multi, x->easy);
+  x->in_multi = 0;
+}
+
 /* The caller has unlinked x from its list; the easy handle may still be in
  * the multi handle (close) and is removed here. */
 void ec_xfer_free(ec_engine *e, ec_xfer *x) {
   if (x->easy) {
-    if (e->multi && x->in_multi) curl_multi_remove_handle(e->multi, x->easy);
+    if (e->multi) ec_xfer_unplug(e, x);
     give_easy(e, x->easy);
   }
   curl_slist_free_all(x->headers);
