@@ -17,6 +17,16 @@ local function collect(engine, want, seconds)
   return got, n
 end
 
+-- Waits up to `seconds`, without polling, until the engine says an answer
+-- waits (timeout() 0): what only an I/O thread brings about by itself.
+local function await_answer(engine, seconds)
+  for _ = 1, math.ceil(seconds / 0.02) do
+    if engine:timeout() == 0 then return true end
+    require("socket").sleep(0.02)
+  end
+  return engine:timeout() == 0
+end
+
 local function fetch(engine, req, seconds)
   local id = engine:submit(req)
   local got = collect(engine, 1, seconds)
@@ -449,12 +459,7 @@ describe(mode.name, function()
         assert.equal(0, engine:timeout())   -- waiting for a flush: poll now, poll hands it over
         engine:flush()
         assert.is_nil(engine:timeout())
-        local socket = require "socket"
-        for _ = 1, 250 do                   -- bounded: 5 s at most
-          if engine:timeout() == 0 then break end
-          socket.sleep(0.02)
-        end
-        assert.equal(0, engine:timeout())
+        assert.is_true(await_answer(engine, 5))
         assert.equal(1, #engine:poll(0))
         assert.is_nil(engine:timeout())
       end)
@@ -494,25 +499,18 @@ describe(mode.name, function()
   if threaded then
     describe("the I/O thread", function()
       it("wakes the thread for submits at flush, without a poll", function()
-        local socket = require "socket"
-        socket.sleep(0.1)                   -- the idle thread sleeps (1 s at most)
+        require("socket").sleep(0.1)        -- the idle thread sleeps (1 s at most)
         engine:submit { url = base .. "/json" }
         engine:flush()
-        for _ = 1, 25 do                    -- 0.5 s: the idle thread alone would not be up yet
-          if engine:timeout() == 0 then break end
-          socket.sleep(0.02)
-        end
-        assert.equal(0, engine:timeout())
+        assert.is_true(await_answer(engine, 0.5))   -- the idle thread alone would not be up yet
         assert.equal(200, engine:poll(0)[1].status)
       end)
 
       it("runs transfers while the Lua thread does not poll", function()
-        local socket = require "socket"
         for i = 1, 10 do engine:submit { url = base .. "/delay?s=0.1&i=" .. i } end
         engine:flush()
-        local waited = 0
-        while engine:timeout() ~= 0 and waited < 5 do socket.sleep(0.05); waited = waited + 0.05 end
-        socket.sleep(0.3)                   -- the ten run side by side: all done by now
+        assert.is_true(await_answer(engine, 5))
+        require("socket").sleep(0.3)        -- the ten run side by side: all done by now
         local got = engine:poll(0)
         assert.equal(10, #got)
         for _, c in ipairs(got) do assert.equal(200, c.status) end

@@ -15,12 +15,11 @@ describe("a loop on an I/O thread", function()
     support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
     local sched = enrich.scheduler()
     assert.is_true(sched.threaded)
-    local real = sched.engine
     local events = {}                      -- "s" per submit, "f" per flush, this turn
-    sched.engine = setmetatable({
-      submit = function(_, req) events[#events + 1] = "s"; return real:submit(req) end,
-      flush = function() events[#events + 1] = "f"; return real:flush() end,
-    }, { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    local unwatch = support.watch_engine(sched, {
+      submit = function(real, req) events[#events + 1] = "s"; return real:submit(req) end,
+      flush = function(real) events[#events + 1] = "f"; return real:flush() end,
+    })
     local ok, err = pcall(function()
       local client = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
       local jobs = {}
@@ -40,7 +39,7 @@ describe("a loop on an I/O thread", function()
       until live == 0 or ticks > 2500
       for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
     end)
-    sched.engine = real
+    unwatch()
     assert(ok, err)
   end)
 end)

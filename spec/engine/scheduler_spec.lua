@@ -128,16 +128,15 @@ describe("jobs and the loop", function()
      function()
     local scheduler = require "enrich.scheduler"
     local sched = enrich.scheduler()
-    local real = sched.engine
     -- Watch the submits the loop makes: how many per tick, and in which order.
     local sent, order = 0, {}
-    sched.engine = setmetatable({
-      submit = function(_, req)
+    local unwatch = support.watch_engine(sched, {
+      submit = function(real, req)
         sent = sent + 1
         order[#order + 1] = req.body and req.body:match('"first_name":"(P%d+)"') or "poll"
         return real:submit(req)
       end,
-    }, { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    })
     local ok, err = pcall(function()
       local client = slow_client(1)
       local jobs = {}
@@ -164,7 +163,7 @@ describe("jobs and the loop", function()
       while ticks < 10000 and enrich.tick() > 0 do ticks = ticks + 1; require("socket").sleep(0.001) end
       for i = 1, 10 do assert.equal("succeeded", jobs[i].state) end
     end)
-    sched.engine = real
+    unwatch()
     assert(ok, err)
   end)
 

@@ -51,6 +51,19 @@ local function settle()
   end
 end
 
+--- Puts a proxy in front of the loop's engine: hooks[name](real, ...) runs
+--- in place of real:name(...), every other method passes through. Returns
+--- a function that puts the real engine back.
+function support.watch_engine(sched, hooks)
+  local real = sched.engine
+  sched.engine = setmetatable({}, { __index = function(_, k)
+    local hook = hooks[k]
+    if hook then return function(_, ...) return hook(real, ...) end end
+    return function(_, ...) return real[k](real, ...) end
+  end })
+  return function() sched.engine = real end
+end
+
 function support.reset(sim)
   settle()
   return support.control(sim, "POST", "/_sim/reset")
