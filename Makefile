@@ -6,7 +6,7 @@ CC          ?= cc
 PKG_5.4     := lua5.4
 PKG_luajit  := luajit
 CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
-CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl) -pthread
+CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 CFLAGS      ?= -O2 -g
 ALL_CFLAGS  := $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC \
