@@ -41,6 +41,9 @@ local function get_loop()
   return loop
 end
 
+--- The loop if it was made, else nil (makes nothing: for hosts and specs).
+function _M.loop() return loop end
+
 --- The loop every client and task of this Lua state shares (its engine is
 --- made here too: callers of this function read sched.engine).
 function _M.scheduler()

@@ -137,9 +137,11 @@ function ctx_mt:call(req)
   end
   local submitting = self.submitting
   local idempotent = req.idempotent
-  if idempotent == nil then idempotent = method ~= "POST" end
-  -- A submit may be resent only where the provider declares it safe.
-  if submitting and not client.spec.idempotent_submit then idempotent = false end
+  if submitting then                      -- a submit may be resent only where the provider says so
+    idempotent = client.spec.idempotent_submit == true and idempotent ~= false
+  elseif idempotent == nil then
+    idempotent = method ~= "POST"
+  end
   local body = req.body
   if req.json ~= nil then
     local err
