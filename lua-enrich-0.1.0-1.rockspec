@@ -58,6 +58,7 @@ build = {
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
+    ["enrich.snapshot"] = "lua/enrich/snapshot.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
     ["enrich.sim.httpd"] = "lua/enrich/sim/httpd.lua",
     ["enrich.sim"] = "lua/enrich/sim/init.lua",
