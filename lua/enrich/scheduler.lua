@@ -472,10 +472,11 @@ function S:run(fn, ...)
   return unpack(results, 1, results.n)
 end
 
---- Ends the loop: its engine closes (transfers in flight end unanswered).
+--- Ends the loop: its engine closes (transfers in flight end unanswered);
+--- `closed` tells a host's driver to stop.
 function S:close()
   if self.engine then self.engine:close() end
-  self.engine = nil
+  self.engine, self.closed = nil, true
 end
 
 return _M
