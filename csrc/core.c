@@ -229,6 +229,8 @@ static long int_option(lua_State *L, int idx, const char *name, long dflt, long 
   return v;
 }
 
+/* Leaves the value on the stack, where it stays alive until it is copied
+ * (an options table with an __index need not hold what it returns). */
 static const char *string_option(lua_State *L, int idx, const char *name) {
   lua_getfield(L, idx, name);
   const char *s = NULL;
@@ -236,7 +238,6 @@ static const char *string_option(lua_State *L, int idx, const char *name) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "core.new: '%s' must be a string", name);
     s = lua_tostring(L, -1);
   }
-  lua_pop(L, 1);   /* still referenced by the options table */
   return s;
 }
 

@@ -228,6 +228,37 @@ describe(mode.name, function()
       end
     end)
 
+    it("takes request and option tables that are proxies (__index), whatever they return", function()
+      -- Each read returns a fresh long string (not interned) and runs the
+      -- collector first: what the core holds must be held by the core.
+      local function proxy(real)
+        return setmetatable({}, { __index = function(_, k)
+          collectgarbage()
+          local v = real[k]
+          if type(v) == "string" then return (v .. "#"):sub(1, -2) end
+          if type(v) == "table" then
+            local copy = {}
+            for hk, hv in pairs(v) do copy[hk] = (hv .. "#"):sub(1, -2) end
+            return copy
+          end
+          return v
+        end })
+      end
+      local long = string.rep("x", 64)
+      local opts = { user_agent = "agent-" .. long }
+      for k, v in pairs(mode.opts) do opts[k] = v end
+      local e = core.new(proxy(opts))
+      local c = fetch(e, proxy { method = "POST", url = base .. "/echo?q=" .. long,
+                                 body = "body-" .. long, headers = { ["X-Long"] = "h-" .. long } })
+      assert.equal(200, c.status)
+      assert.equal("POST", c.json.method)
+      assert.equal("q=" .. long, c.json.query)
+      assert.equal("body-" .. long, c.json.body)
+      assert.equal("h-" .. long, c.json.headers["x-long"])
+      assert.equal("agent-" .. long, c.json.headers["user-agent"])
+      e:close()
+    end)
+
     it("sends an empty POST with a zero length", function()
       local c = fetch(engine, { method = "POST", url = base .. "/echo" })
       assert.equal("POST", c.json.method)
