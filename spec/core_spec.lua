@@ -709,7 +709,7 @@ describe(mode.name, function()
       end
     end)
 
-    it("refuses work in a forked child with a clear error; closing it there leaves the parent's transfers alone", function()
+    it("refuses work in a forked child with a clear error; closing it there spares the parent's transfers", function()
       if not jit then return pending("fork() from a spec needs LuaJIT's FFI") end
       local ffi = require "ffi"
       local parent = core.getpid()
