@@ -30,8 +30,20 @@ test_dependencies = {
   "busted >= 2.0",
   "luasocket >= 3.0",
 }
+-- C libraries that enrich.core links, each declared by its library alone.
+-- LuaRocks looks for a declared header only in <prefix>/include, and Debian
+-- and Ubuntu keep curl/curl.h in /usr/include/<multiarch>/ (so `header =`
+-- failed there with "Could not find header file for CURL"); the compiler
+-- searches that directory by itself. LuaRocks does find the library: in
+-- lib/<multiarch> on Debian, in /usr and /usr/local elsewhere, and since
+-- LuaRocks 3.9 in the macOS SDK and Homebrew's kegs (/opt/homebrew/opt/curl,
+-- /usr/local/opt/curl). Where it cannot: `luarocks make CURL_DIR=/prefix`.
+-- To add a library (libsqlite3, libcsv, hiredis): an entry here
+-- (SQLITE = { library = "sqlite3" }), its name in enrich.core's
+-- `libraries`, "$(SQLITE_INCDIR)" in `incdirs`, "$(SQLITE_LIBDIR)" in
+-- `libdirs`, and its sources in `sources`.
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  CURL = { library = "curl" },
 }
 build = {
   type = "builtin",
