@@ -1,3 +1,4 @@
+local cjson = require "cjson"
 -- puffle's mapping, table-driven over the sheet's example exchanges
 -- (spec/fixtures/puffle/*.json).
 local errors = require "enrich.errors"
@@ -91,8 +92,12 @@ describe("puffle mapping", function()
       assert.same({ { address = "nell.ortega@example.com", status = "unknown" } }, item.emails)
     end)
 
-    it("an undocumented status -> nil (the check reports a protocol error)", function()
-      assert.is_nil(P.item({ status = "queued" }, "email"))
+    it("an undocumented status, or an item that is not an object -> failed with 'protocol'", function()
+      for _, it_ in ipairs({ { status = "queued" }, cjson.null, "it_1", { status = cjson.null } }) do
+        local item = P.item(it_, "email")
+        assert.equal("failed", item.status)
+        assert.equal("protocol", item.error.code)
+      end
     end)
   end)
 
