@@ -85,8 +85,8 @@ function _M.show(v)
 end
 
 ---------------------------------------------------------------------------
--- UTF-8 (RFC 3629): LuaJIT has no utf8 library and Lua 5.4's utf8.len
--- accepts surrogates by default, so one small validator for both. Refuses
+-- UTF-8 (RFC 3629): LuaJIT and 5.1 have no utf8 library and Lua 5.3's utf8.len
+-- accepts surrogates, so one small validator for every interpreter. Refuses
 -- overlong forms, surrogates (U+D800..U+DFFF), code points above U+10FFFF,
 -- stray continuation bytes and cut sequences.
 
