@@ -58,7 +58,10 @@ function P.submit(ctx, part)
   if not res then return nil, err end
   local id = N.str(res.json.requestId)
   if not id then
-    return nil, ctx:error("protocol", "submit answer has no requestId")
+    -- A 2xx: instaview may well have accepted (and will charge) it. Never resent,
+    -- never retryable: the message says so.
+    return nil, ctx:error("protocol", "submit answer (HTTP " .. res.status .. ") has no requestId: instaview "
+      .. "may have accepted the request (and charge it); not resent", { status = res.status, retryable = false })
   end
   return id
 end
