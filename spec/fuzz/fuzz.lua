@@ -409,7 +409,9 @@ function _M.case(name, seed, n)
     local status = r.pick(ERROR_STATUSES)
     local body = r.chance(0.85) and mutated(r, fixture(name, r.pick(pv.errors)), { fixture(name, r.pick(pv.donors)) })
       or nil
-    local c = { status = status, json = type(body) == "table" and body or nil, body = "", headers = {} }
+    local json = body
+    if body == nil and r.chance(0.5) then json = r.pick({ "text", 42, true, null }) end
+    local c = { status = status, json = json, body = "", headers = {} }
     local res = run_bounded(P.error, c)
     if not res[1] then return fail("error() raised: " .. tostring(res[2]), info) end
     local msg, code, fields = res[2], res[3], res[4]
@@ -458,13 +460,24 @@ function _M.case(name, seed, n)
   else
     for _, key in ipairs(sorted_keys(endpoints)) do add(key, endpoints[key]) end
   end
-  local ctx = testing.ctx { provider = P, opts = opts, answers = answers, max_calls = 2000 }
   local fn = op == "submit" and P.submit or op == "check" and P.check or P.cancel
-  local res = run_bounded(fn, ctx, part)
-  info.calls = #ctx.calls
-  if not res[1] then return fail(op .. " raised: " .. tostring(res[2]), info) end
-  local why = testing.verify(op, part, res[2], res[3])
-  if why then return fail(why, info) end
+  -- A check that is not terminal may be followed by more polls of the same
+  -- part (lance keeps state across them), each with answers of its own.
+  for poll = 1, 3 do
+    local ctx = testing.ctx { provider = P, opts = opts, answers = answers, max_calls = 2000 }
+    local res = run_bounded(fn, ctx, part)
+    info.calls, info.poll = #ctx.calls, poll
+    if not res[1] then return fail(op .. " raised: " .. tostring(res[2]), info) end
+    local why = testing.verify(op, part, res[2], res[3])
+    if why then return fail(why, info) end
+    if not (op == "check" and res[2] == false and r.chance(0.5)) then break end
+    answers = {}
+    if type(endpoints) == "function" then
+      endpoints(r, add)
+    else
+      for _, key in ipairs(sorted_keys(endpoints)) do add(key, endpoints[key]) end
+    end
+  end
   return { ok = true, op = op }
 end
 
@@ -490,8 +503,8 @@ end
 --- One line describing a failure, with what reproduces it.
 function _M.describe(f)
   local i = f.info
-  return ("%s %s (seed %s, case %d, %s calls): %s  -- rerun: FUZZ_SEED=%s FUZZ_CASE=%d FUZZ_PROVIDER=%s make fuzz")
-    :format(i.provider, i.op, tostring(i.seed), i.case, tostring(i.calls or 0), f.why,
+  return ("%s %s (seed %s, case %d, poll %s, %s calls): %s  -- rerun: FUZZ_SEED=%s FUZZ_CASE=%d FUZZ_PROVIDER=%s make fuzz")
+    :format(i.provider, i.op, tostring(i.seed), i.case, tostring(i.poll or 1), tostring(i.calls or 0), f.why,
             tostring(i.seed), i.case, i.provider)
 end
 
