@@ -218,6 +218,13 @@ local TX = { "EXMPL COFFEE #0042 SPRINGFIELD", "STREAMFLIX.EXAMPLE MONTHLY", "00
 local PROVIDERS = {}
 
 PROVIDERS.tamtam = {
+  sim = {
+    { method = "POST", path = "^/v2/people/enrich$", ok = { "submit_accepted" }, statuses = { 202 },
+      errors = { "error_422", "error_429" } },
+    { method = "GET", path = "^/v2/people/enrich/", ok = { "completed", "partial", "failed", "processing" },
+      errors = { "error_422", "error_429" } },
+  },
+
   inputs = function(r)
     local people = {
       { first_name = "Mara", last_name = "Quill", domain = "example.com" },
@@ -240,6 +247,13 @@ PROVIDERS.tamtam = {
 }
 
 PROVIDERS.instaview = {
+  sim = {
+    { method = "POST", path = "^/sourcing/enrich$", ok = { "submit_accepted" }, statuses = { 202 },
+      errors = { "error_400", "error_402", "error_429" } },
+    { method = "GET", path = "/results$", ok = { "completed", "partial", "failed", "processing" },
+      statuses = { 200, 202 }, errors = { "error_404", "error_429" } },
+  },
+
   inputs = function(r)
     local ids = { "p_7f31aa", "p_82c0de", "p_93bb11", "p_unknown" }
     local list = {}
@@ -259,6 +273,12 @@ PROVIDERS.instaview = {
 local LANCE_ERRORS = { "error_insufficient_credits", "error_internal", "error_not_found", "error_org_missing",
                        "error_unauthorized", "error_validation" }
 PROVIDERS.lance = {
+  sim = {
+    { method = "POST", path = "/enrichment/batch$", ok = { "batch_submit" }, errors = LANCE_ERRORS },
+    { method = "POST", path = "/batch/query$", ok = { "batch_query_partial", "batch_submit" }, errors = LANCE_ERRORS },
+    { method = "GET", path = "/prospects/person/", ok = { "person_found", "person_phones" }, errors = LANCE_ERRORS },
+  },
+
   inputs = function(r)
     local list = {}
     for i = 1, r.int(1, 5) do list[i] = { id = LANCE[r.int(1, 4)] } end
@@ -289,6 +309,14 @@ local function puffle_reads(add)
       true)                                           -- a fresh answer for every page
 end
 PROVIDERS.puffle = {
+  sim = {
+    { method = "POST", path = "^/api/enrichment$", ok = { "start" }, errors = PUFFLE_ERRORS },
+    { method = "GET", path = "^/api/enrichment/[^/]+$", ok = { "run_completed", "run_partial", "run_failed",
+      "run_cancelled", "run_running" }, errors = PUFFLE_ERRORS },
+    { method = "GET", path = "/items$", ok = { "items_completed", "items_failed", "items_page1" },
+      errors = PUFFLE_ERRORS },
+  },
+
   inputs = function(r)
     local ids = { "ld_01example", "ld_02example", "ld_03example", "ld_04example" }
     local list = {}
@@ -315,6 +343,13 @@ PROVIDERS.puffle = {
 local PARSETX_ERRORS = { "error_401_missing", "error_401_revoked", "error_404", "error_429_daily",
                          "error_429_monthly", "error_500" }
 PROVIDERS.parsetx = {
+  sim = {
+    { method = "POST", path = "^/v1/enrich/async$", ok = { "submit_accepted" }, statuses = { 202 },
+      errors = PARSETX_ERRORS },
+    { method = "GET", path = "^/v1/enrich/jobs/", ok = { "completed", "partial", "failed", "processing" },
+      errors = PARSETX_ERRORS },
+  },
+
   inputs = function(r)
     local list = {}
     for i = 1, r.int(1, 5) do
@@ -498,6 +533,30 @@ function _M.run(name, seed, cases, max_failures)
     end
   end
   return { cases = ran, failures = failures, seconds = os.clock() - t0, ops = ops }
+end
+
+--- For end-to-end runs against the simulator: case n of seed as raw
+--- inputs, submit options, and one simulator fault (POST /_sim/faults)
+--- that answers one of the provider's endpoints with a mutated answer.
+function _M.sim_case(name, seed, n)
+  local pv = PROVIDERS[name]
+  local r = rng_new(seed, n)
+  local opts = pv.opts and pv.opts(r) or {}
+  local inputs = pv.inputs(r)
+  local e = r.pick(pv.sim)
+  local donors = {}
+  for i, d in ipairs(pv.donors) do donors[i] = fixture(name, d) end
+  local a = answer_for(r, name, e, donors)
+  local f = { provider = name, method = e.method, path = e.path, count = r.int(1, 2) }
+  if a.status == nil then
+    f.type = "reset"
+  else
+    local body = a.body
+    if type(body) == "table" then body = require("cjson.safe").encode(body) or "{}" end
+    f.type, f.status, f.body = "status", a.status, body
+    if a.headers then f.retry_after = a.headers["Retry-After"] end
+  end
+  return inputs, opts, f
 end
 
 --- One line describing a failure, with what reproduces it.

@@ -77,7 +77,7 @@ end
 
 -- A documented string that may come as a number (an MCC of 5814).
 local function code_text(v)
-  if N.num(v) and v % 1 == 0 then return format("%d", v) end
+  if N.num(v) and v % 1 == 0 and v > -1e15 and v < 1e15 then return format("%d", v) end
   return N.str(v)
 end
 
