@@ -101,7 +101,8 @@ function _M.utf8_valid(s)
     if c < 0x80 then
       i = i + 1
     else
-      local len, lo, hi = 0, 0x80, 0xBF          -- lo/hi: the allowed second byte
+      local len, lo, hi                          -- lo/hi: the allowed second byte
+      lo, hi = 0x80, 0xBF
       if c >= 0xC2 and c <= 0xDF then len = 2
       elseif c == 0xE0 then len, lo = 3, 0xA0       -- no overlong 3-byte forms
       elseif c >= 0xE1 and c <= 0xEC then len = 3

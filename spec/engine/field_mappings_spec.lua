@@ -34,7 +34,8 @@ describe("answers from the field", function()
 
     it("tamtam results with a null entry and a null email: the rest is read, the gap is 'protocol'", function()
       local body = '{"request_id":"r","status":"COMPLETED","item_count":3,"results":['
-        .. '{"status":"COMPLETED","enrichment_type":"email","emails":[null,{"email":"a@x.example","status":"DELIVERABLE"}],'
+        .. '{"status":"COMPLETED","enrichment_type":"email",'
+        .. '"emails":[null,{"email":"a@x.example","status":"DELIVERABLE"}],'
         .. '"phones":null,"most_probable_email":null,"custom":{"row":"1"},"error":null},'
         .. 'null,'
         .. '{"status":"COMPLETED","enrichment_type":"email","emails":null,"phones":[null],'
@@ -65,7 +66,8 @@ describe("answers from the field", function()
     end)
 
     it("puffle hasMore without nextCursor: the documented cursor (the last item id) carries on", function()
-      local page1 = '{"items":[{"id":"it_00000001","leadId":"ld_a","status":"completed","result":{"email":"a@a.example"}}],'
+      local page1 = '{"items":[{"id":"it_00000001","leadId":"ld_a","status":"completed",'
+        .. '"result":{"email":"a@a.example"}}],'
         .. '"page":{"limit":1,"nextCursor":null,"hasMore":true}}'
       support.fault(sim, { type = "status", status = 200, body = page1, provider = "puffle",
                            method = "GET", path = "/items$" })

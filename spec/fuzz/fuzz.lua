@@ -102,7 +102,8 @@ local function random_value(r, depth)
   elseif k == 6 then return { 1, "a", null }
   elseif k == 7 then return { x = 1, status = r.pick(WORDS) }
   elseif k == 8 then return bad_utf8(r)
-  elseif k == 9 and (depth or 0) < 2 then return { random_value(r, (depth or 0) + 1), random_value(r, (depth or 0) + 1) }
+  elseif k == 9 and (depth or 0) < 2 then
+    return { random_value(r, (depth or 0) + 1), random_value(r, (depth or 0) + 1) }
   end
   return ("s"):rep(r.int(0, 40))
 end
@@ -240,7 +241,8 @@ PROVIDERS.tamtam = {
   submit = { ["POST /v2/people/enrich"] = { ok = { "submit_accepted" }, statuses = { 202, 200 },
                                              errors = { "error_422", "error_429" } } },
   check = { ["GET /v2/people/enrich/" .. TAMTAM_ID] = {
-    ok = { "processing", "completed", "partial", "failed", "completed", "partial" }, errors = { "error_422", "error_429" } } },
+    ok = { "processing", "completed", "partial", "failed", "completed", "partial" },
+    errors = { "error_422", "error_429" } } },
   errors = { "error_422", "error_429" },
   donors = { "completed", "partial", "error_422" },
   drop_inputs = true,                                 -- keep_inputs = false: check sees only count
@@ -287,7 +289,7 @@ PROVIDERS.lance = {
   opts = function(r) return { kind = r.pick({ "email", "phone" }) } end,
   id = "e0000000-0000-4000-8000-000000000001",
   submit = { ["POST /api/v1/operations/enrichment/batch"] = { ok = { "batch_submit" }, errors = LANCE_ERRORS } },
-  check = function(r, add)
+  check = function(_, add)
     add("POST /api/v1/operations/enrichment/batch/query",
         { ok = { "batch_query_partial", "batch_submit", "batch_query_partial" }, errors = LANCE_ERRORS })
     for i = 1, 4 do
@@ -362,7 +364,8 @@ PROVIDERS.parsetx = {
   submit = { ["POST /v1/enrich/async"] = { ok = { "submit_accepted" }, statuses = { 202, 200 },
                                            errors = PARSETX_ERRORS } },
   check = { ["GET /v1/enrich/jobs/6a1f3c2e-9b7d-4e10-8c55-0123456789ab"] = {
-    ok = { "queued", "processing", "completed", "partial", "failed", "completed", "partial" }, errors = PARSETX_ERRORS } },
+    ok = { "queued", "processing", "completed", "partial", "failed", "completed", "partial" },
+    errors = PARSETX_ERRORS } },
   errors = PARSETX_ERRORS,
   donors = { "completed", "partial", "error_429_daily" },
 }
@@ -562,7 +565,8 @@ end
 --- One line describing a failure, with what reproduces it.
 function _M.describe(f)
   local i = f.info
-  return ("%s %s (seed %s, case %d, poll %s, %s calls): %s  -- rerun: FUZZ_SEED=%s FUZZ_CASE=%d FUZZ_PROVIDER=%s make fuzz")
+  return ("%s %s (seed %s, case %d, poll %s, %s calls): %s"
+          .. "  -- rerun: FUZZ_SEED=%s FUZZ_CASE=%d FUZZ_PROVIDER=%s make fuzz")
     :format(i.provider, i.op, tostring(i.seed), i.case, tostring(i.poll or 1), tostring(i.calls or 0), f.why,
             tostring(i.seed), i.case, i.provider)
 end

@@ -30,6 +30,7 @@ describe("enrich.testing", function()
         ["GET /b"] = testing.answer(418, { msg = "pay" }),
       } }
       local res, err = ctx:call { path = "/a" }
+      local _
       assert.is_nil(res)
       assert.equal("rate_limited", err.code)
       assert.equal("slow down", err.message)
