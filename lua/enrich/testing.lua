@@ -87,7 +87,9 @@ local function completion(a)
   else
     c.body = body ~= nil and tostring(body) or ""
     if c.body ~= "" then
-      local v, err = cjson.decode(c.body)
+      -- A UTF-8 byte-order mark may lead a JSON text (RFC 8259 §8.1): skipped.
+      local text = c.body:sub(1, 3) == "\239\187\191" and c.body:sub(4) or c.body
+      local v, err = cjson.decode(text)
       if v == nil then c.json_error = tostring(err) else c.json = v end
     else
       c.json_error = "empty body"

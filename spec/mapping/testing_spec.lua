@@ -55,6 +55,8 @@ describe("enrich.testing", function()
       assert.is_true(err.retryable)
       _, err = ctx:call { path = "/cut" }
       assert.equal("protocol", err.code)
+      ctx.answers["GET /bom"] = "\239\187\191{\"id\": \"j1\"}"         -- RFC 8259 lets a reader skip it
+      assert.equal("j1", ctx:call({ path = "/bom" }).json.id)
     end)
 
     it("gives transport failures, sequences, function answers", function()
