@@ -84,6 +84,7 @@ build = {
     ["enrich.sim.puffle"] = "lua/enrich/sim/puffle.lua",
     ["enrich.sim.tamtam"] = "lua/enrich/sim/tamtam.lua",
     ["enrich.sim.util"] = "lua/enrich/sim/util.lua",
+    ["enrich.testing"] = "lua/enrich/testing.lua",
   },
   install = {
     bin = { ["enrich-sim"] = "bin/enrich-sim" },
