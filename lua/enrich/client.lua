@@ -33,11 +33,11 @@ local function shared_state(spec, key, rate, explicit)
   local id = spec.name .. "\0" .. key
   local s = by_key[id]
   if not s then
-    s = { bucket = rate and ratelimit.new(rate.per_second, rate.burst) }
+    s = { bucket = rate and ratelimit.new(rate.per_second, rate.burst, { id = id, documented = not explicit }) }
     by_key[id] = s
     shared[s] = true
   elseif explicit then
-    s.bucket = ratelimit.new(rate.per_second, rate.burst)
+    s.bucket = ratelimit.new(rate.per_second, rate.burst, { id = id })
   end
   return s
 end

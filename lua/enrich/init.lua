@@ -27,11 +27,21 @@ local loop, loop_opts
 
 --- The loop every client and task of this Lua state shares.
 function _M.scheduler()
-  if not loop then loop = assert(scheduler.new(loop_opts)) end
+  if not loop then
+    -- In nginx (OpenResty) the host attaches first thing: a driver timer of
+    -- this worker's own steps the loop (lua/enrich/hosts/openresty.lua).
+    local in_nginx = ngx and ngx.get_phase and ngx.timer   -- luacheck: ignore 113
+    if in_nginx and ngx.get_phase() == "init" then         -- luacheck: ignore 113
+      require("enrich.hosts.openresty").attach(nil)           -- raises: the master forks
+    end
+    local l = assert(scheduler.new(loop_opts))
+    if in_nginx then require("enrich.hosts.openresty").attach(l) end
+    loop = l
+  end
   return loop
 end
 
-local CONFIG = { io_thread = "boolean", per_host = "number" }
+local CONFIG = { io_thread = "boolean", per_host = "number", shared_dict = "string" }
 
 --- Sets up the loop before its first use (a client, a task, a tick):
 ---   io_thread = true   libcurl runs on a thread of its own, so connects,
@@ -51,6 +61,8 @@ function _M.configure(opts)
   if n and (n ~= math.floor(n) or n < 1 or n > 10000) then
     error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
   end
+  -- OpenResty: the lua_shared_dict every worker's rate limits share.
+  if opts.shared_dict then require("enrich.ratelimit_shared").DICT = opts.shared_dict end
   if loop then return nil, "enrich.configure: the loop is already running; configure before the first use" end
   loop_opts = loop_opts or {}              -- a later call adds to an earlier one
   for k, v in pairs(opts) do loop_opts[k] = v end
@@ -63,12 +75,18 @@ end
 
 --- Runs fn(...) in a task; drives the loop until it and every task it
 --- spawned finished. Returns fn's results; raises any of their errors.
-function _M.run(fn, ...) return _M.scheduler():run(fn, ...) end
+function _M.run(fn, ...)
+  local s = _M.scheduler()
+  if s.host and not s:current() then return s.host.run(fn, ...) end
+  return s:run(fn, ...)
+end
 
 --- Starts fn(...) as a task (inside run, or driven by tick/wait).
 function _M.spawn(fn, ...)
   if type(fn) ~= "function" then error("enrich.spawn: a function is required", 2) end
-  return _M.scheduler():go(fn, nil, ...)
+  local s = _M.scheduler()
+  if s.host then return s.host.spawn(fn, ...) end
+  return s:go(fn, nil, ...)
 end
 
 --- Waits `seconds`: yields inside a task, drives the loop outside one.

@@ -1,0 +1,96 @@
+-- The OpenResty host with the plain API and no init_worker line, under a
+-- real nginx with four workers, against the simulator with its documented
+-- rate limits on (tamtam: 10 requests/s per key, burst 10): jobs from any
+-- request of any worker finish, no worker dies, the workers together stay
+-- under each key's rate (one limit in a lua_shared_dict), and a plain
+-- location keeps answering meanwhile.
+local helper = require "helper"
+local support = require "engine.support"
+local nginx = require "hosts.openresty_nginx"
+local socket = require "socket"
+
+local JOBS, KEYS = 400, 10
+
+local function get(url, timeout)
+  local p = io.popen("curl -s --max-time " .. (timeout or 5) .. " '" .. url .. "'")
+  local body = p:read("*a")
+  p:close()
+  return body
+end
+
+local function tamtam_429s(sim)
+  local stats = support.stats(sim, "tamtam")
+  return (stats.responses or {})["429"] or 0, stats
+end
+
+describe("the OpenResty host, four workers, plain API, no init_worker line", function()
+  local sim, ngx_
+
+  setup(function()
+    assert(nginx.available(), "nginx with the Lua module is needed (make deps installs it)")
+    assert(io.open("build/luajit/enrich/core.so"), "enrich.core for LuaJIT is needed (make build)")
+    sim = helper.spawn("bin/enrich-sim", { "--port", "0" })        -- documented limits on
+    support.configure(sim, { tamtam = { polls = 0 } })              -- done at the first poll
+    ngx_ = nginx.start { port = helper.free_port(), sim = sim.url, shared_dict = true }
+  end)
+
+  teardown(function()
+    nginx.stop(ngx_)
+    if sim then sim:stop() end
+  end)
+
+  it("finishes 400 one-person jobs spread over the workers, with no 429 and no dead worker, while /ping answers", function()
+    local urls = ngx_.dir .. "/urls"
+    local f = assert(io.open(urls, "w"))
+    for i = 1, JOBS do f:write('url = "', ngx_.url, "/one?i=", i, "&keys=", KEYS, '"\n') end
+    f:close()
+    local out, done = ngx_.dir .. "/out", ngx_.dir .. "/done"
+    os.execute("(curl -s -Z --parallel-max 300 --max-time 60 -K " .. urls .. " > " .. out
+               .. "; touch " .. done .. ") >/dev/null 2>&1 &")
+    local pings, pongs = 0, 0
+    for _ = 1, 600 do                                  -- bounded: at most ~60 s of pinging
+      if io.open(done) then break end
+      pings = pings + 1
+      if get(ngx_.url .. "/ping", 2) == "pong\n" then pongs = pongs + 1 end
+      socket.sleep(0.1)
+    end
+    assert.truthy(io.open(done), "the jobs did not finish within 60 s")
+    local lines, ok, workers = 0, 0, {}
+    for line in io.lines(out) do
+      lines = lines + 1
+      local state, right, worker = line:match("^(%S+) (%S+) (%d+)")
+      if state == "succeeded" and right == "ok" then ok = ok + 1 end
+      if worker then workers[worker] = true end
+    end
+    assert.equal(JOBS, lines)
+    assert.equal(JOBS, ok)
+    local n = 0
+    for _ in pairs(workers) do n = n + 1 end
+    assert.is_true(n >= 2, "the jobs were not spread over the workers")
+    assert.is_true(pings > 0)
+    assert.equal(pings, pongs)
+    local log = nginx.log(ngx_)
+    assert.falsy(log:match("exited on signal"), "a worker died:\n" .. log:sub(1, 4000))
+    assert.falsy(log:match("%[alert%]"), log:sub(1, 4000))
+    local n429, stats = tamtam_429s(sim)
+    assert.equal(0, n429)
+    assert.equal(JOBS, stats.submissions)
+    assert.same({}, stats.duplicates)
+  end)
+
+  it("runs enrich.run and enrich.spawn from a request without blocking the worker", function()
+    assert.equal("42 3\n", get(ngx_.url .. "/run"))
+    assert.equal("spawned\n", get(ngx_.url .. "/spawn"))
+  end)
+
+  it("refuses to wait where nginx cannot yield, with a clear error in the log", function()
+    assert.equal("body\n", get(ngx_.url .. "/badphase"))
+    socket.sleep(0.2)
+    assert.truthy(nginx.log(ngx_):match("badphase: false [^\n]*cannot wait in log"))
+  end)
+
+  it("refuses enrich.tick from a request: the worker's driver owns the loop", function()
+    local body = get(ngx_.url .. "/tick")
+    assert.truthy(body:match("^false .*stepped by its driver only"), body)
+  end)
+end)
