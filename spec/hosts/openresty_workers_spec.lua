@@ -18,6 +18,37 @@ local function get(url, timeout)
   return body
 end
 
+-- Sends n one-person jobs over `keys` keys, 300 at a time; returns the
+-- answer lines and the pings that got "pong" of those sent meanwhile.
+local function flood(ngx_, n, keys)
+  local urls = ngx_.dir .. "/urls"
+  local f = assert(io.open(urls, "w"))
+  for i = 1, n do f:write('url = "', ngx_.url, "/one?i=", i, "&keys=", keys, '"\n') end
+  f:close()
+  local out, done = ngx_.dir .. "/out", ngx_.dir .. "/done"
+  os.remove(done)
+  os.execute("(curl -s -Z --parallel-max 300 --max-time 60 -K " .. urls .. " > " .. out
+             .. "; touch " .. done .. ") >/dev/null 2>&1 &")
+  local pings, pongs = 0, 0
+  for _ = 1, 600 do                                  -- bounded: at most ~60 s of pinging
+    if io.open(done) then break end
+    pings = pings + 1
+    if get(ngx_.url .. "/ping", 2) == "pong\n" then pongs = pongs + 1 end
+    socket.sleep(0.1)
+  end
+  assert.truthy(io.open(done), "the jobs did not finish within 60 s")
+  local lines, ok, workers = 0, 0, {}
+  for line in io.lines(out) do
+    lines = lines + 1
+    local state, right, worker = line:match("^(%S+) (%S+) (%d+)")
+    if state == "succeeded" and right == "ok" then ok = ok + 1 end
+    if worker then workers[worker] = true end
+  end
+  local spread = 0
+  for _ in pairs(workers) do spread = spread + 1 end
+  return { lines = lines, ok = ok, spread = spread, pings = pings, pongs = pongs }
+end
+
 local function tamtam_429s(sim)
   local stats = support.stats(sim, "tamtam")
   return (stats.responses or {})["429"] or 0, stats
@@ -40,35 +71,12 @@ describe("the OpenResty host, four workers, plain API, no init_worker line", fun
   end)
 
   it("finishes 400 one-person jobs spread over the workers, with no 429 and no dead worker, while /ping answers", function()
-    local urls = ngx_.dir .. "/urls"
-    local f = assert(io.open(urls, "w"))
-    for i = 1, JOBS do f:write('url = "', ngx_.url, "/one?i=", i, "&keys=", KEYS, '"\n') end
-    f:close()
-    local out, done = ngx_.dir .. "/out", ngx_.dir .. "/done"
-    os.execute("(curl -s -Z --parallel-max 300 --max-time 60 -K " .. urls .. " > " .. out
-               .. "; touch " .. done .. ") >/dev/null 2>&1 &")
-    local pings, pongs = 0, 0
-    for _ = 1, 600 do                                  -- bounded: at most ~60 s of pinging
-      if io.open(done) then break end
-      pings = pings + 1
-      if get(ngx_.url .. "/ping", 2) == "pong\n" then pongs = pongs + 1 end
-      socket.sleep(0.1)
-    end
-    assert.truthy(io.open(done), "the jobs did not finish within 60 s")
-    local lines, ok, workers = 0, 0, {}
-    for line in io.lines(out) do
-      lines = lines + 1
-      local state, right, worker = line:match("^(%S+) (%S+) (%d+)")
-      if state == "succeeded" and right == "ok" then ok = ok + 1 end
-      if worker then workers[worker] = true end
-    end
-    assert.equal(JOBS, lines)
-    assert.equal(JOBS, ok)
-    local n = 0
-    for _ in pairs(workers) do n = n + 1 end
-    assert.is_true(n >= 2, "the jobs were not spread over the workers")
-    assert.is_true(pings > 0)
-    assert.equal(pings, pongs)
+    local r = flood(ngx_, JOBS, KEYS)
+    assert.equal(JOBS, r.lines)
+    assert.equal(JOBS, r.ok)
+    assert.is_true(r.spread >= 2, "the jobs were not spread over the workers")
+    assert.is_true(r.pings > 0)
+    assert.equal(r.pings, r.pongs)
     local log = nginx.log(ngx_)
     assert.falsy(log:match("exited on signal"), "a worker died:\n" .. log:sub(1, 4000))
     assert.falsy(log:match("%[alert%]"), log:sub(1, 4000))
@@ -87,6 +95,20 @@ describe("the OpenResty host, four workers, plain API, no init_worker line", fun
     assert.equal("body\n", get(ngx_.url .. "/badphase"))
     socket.sleep(0.2)
     assert.truthy(nginx.log(ngx_):match("badphase: false [^\n]*cannot wait in log"))
+  end)
+
+  it("without a shared dict, gives each worker its share of the rate, and says so once", function()
+    local other = nginx.start { port = helper.free_port(), sim = sim.url, shared_dict = false }
+    local before = tamtam_429s(sim)
+    local ok, r = pcall(flood, other, 80, KEYS)
+    local log = nginx.log(other)
+    nginx.stop(other)
+    assert(ok, r)
+    assert.equal(80, r.ok)
+    assert.equal(before, (tamtam_429s(sim)))
+    assert.falsy(log:match("exited on signal"))
+    local _, lines = log:gsub("each of the 4 workers sends at most 1/4", "")
+    assert.is_true(lines >= 1 and lines <= 4, log)   -- once per worker that used a key
   end)
 
   it("refuses enrich.tick from a request: the worker's driver owns the loop", function()
