@@ -14,10 +14,12 @@ local function sh(cmd)
   return out
 end
 
---- opts: port, sim (base URL), shared_dict (true: `lua_shared_dict enrich 1m`)
+--- opts: port, sim (base URL), shared_dict (true: `lua_shared_dict enrich 1m`),
+--- repo (the tree whose lua/ and build/luajit nginx loads; default: here),
+--- init_worker (an init_worker_by_lua_block body; default: none)
 --- Returns { dir, port, url, log = path } or raises.
 function _M.start(opts)
-  local repo = sh("pwd"):gsub("%s+$", "")
+  local repo = opts.repo or sh("pwd"):gsub("%s+$", "")
   local dir = sh("mktemp -d /tmp/enrich-openresty.XXXXXX"):gsub("%s+$", "")
   os.execute("mkdir -p " .. dir .. "/logs")
   local modules = ""
@@ -26,10 +28,12 @@ function _M.start(opts)
     if io.open(f) then modules = modules .. "load_module " .. f .. ";\n" end
   end
   local user = sh("id -u"):match("^0") and "user root;" or ""
-  local conf = assert(io.open(repo .. "/spec/fixtures/openresty/workers.conf.in")):read("*a")
+  local here = sh("pwd"):gsub("%s+$", "")
+  local conf = assert(io.open(here .. "/spec/fixtures/openresty/workers.conf.in")):read("*a")
   local subst = {
     LOAD_MODULES = modules, USER = user, PREFIX = dir, REPO = repo, PORT = tostring(opts.port),
     SIM = opts.sim, SHARED_DICT = opts.shared_dict and "lua_shared_dict enrich 1m;" or "",
+    INIT_WORKER = opts.init_worker and ("init_worker_by_lua_block { " .. opts.init_worker .. " }") or "",
   }
   conf = conf:gsub("@([A-Z_]+)@", function(k) return subst[k] end)
   local f = assert(io.open(dir .. "/nginx.conf", "w"))
