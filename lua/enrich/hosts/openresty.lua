@@ -90,23 +90,19 @@ local function kick(s)
   s.sema:post(1)
 end
 
--- Task groups (enrich.run in a request): the request parks until the group
--- has no task left; the first error of any of them is raised from run.
-local function group_done(g, ok, err)
-  g.n = g.n - 1
-  if not ok and g.err == nil then g.err = err end
-  if g.n == 0 or not ok then g.sema:post(1) end
-end
-
-local function task_opts(group)
-  return {
-    group = group,
-    on_done = function() if group then group_done(group, true) end end,
-    on_error = function(err)
-      if group then group_done(group, false, err)
-      else log_err("enrich: task failed: ", tostring(err)) end
+-- Task groups (enrich.run in a request): the scheduler counts a group's
+-- live tasks (tasks_live) and keeps its first error (failure); the group
+-- here is a proxy that posts the parked request when either moves to an
+-- end. `queued` counts its spawns not yet started by the driver.
+local function new_group(sema)
+  local store = { tasks_live = 0, queued = 0 }
+  return setmetatable({}, {
+    __index = store,
+    __newindex = function(_, k, v)
+      store[k] = v
+      if k == "failure" or (k == "tasks_live" and v == 0) then sema:post(1) end
     end,
-  }
+  })
 end
 
 -- Starts the spawns requests handed over (in the driver: their coroutines
@@ -117,7 +113,9 @@ local function drain_spawns(s)
   s.spawns = {}
   for i = 1, #q do
     local sp = q[i]
-    s.go(s.sched, sp.fn, task_opts(sp.group), unpack(sp.args, 1, sp.args.n))
+    local g = sp.group
+    if g then g.queued = g.queued - 1 end
+    s.go(s.sched, sp.fn, g and { group = g } or nil, unpack(sp.args, 1, sp.args.n))
   end
 end
 
@@ -136,10 +134,11 @@ function driver(premature, s)
   if premature then s.running = false return end
   local sched, o = s.sched, s.opts
   s.driver_co = co_running()
+  local engine = sched:core()            -- made here, in this worker, if not yet
   local born = ngx.now()
   local pause = o.busy
   local last_pending = -1
-  while not ngx.worker.exiting() do
+  while not ngx.worker.exiting() and not sched.closed do
     s.kicked = false
     drain_spawns(s)
     local ok, err = pcall(s.step, sched, 0)
@@ -155,7 +154,7 @@ function driver(premature, s)
       -- Sockets need a look now and then; back off while nothing moves.
       if in_flight ~= last_pending then pause = o.busy else pause = min(pause * 2, o.busy_max) end
       wait = pause
-      local t = sched.engine:timeout()
+      local t = engine:timeout()
       if t and t >= 0 and t < wait then wait = t end
     else
       pause = o.busy
@@ -209,19 +208,17 @@ local function host_sleep(seconds)
 end
 
 -- The group of the running request's enrich.run, if any.
-local function current_group(s)
-  local task = s.sched:current()
-  if task then return task.group end
+local function request_group(s)
   return s.groups[co_running()]
 end
 
 local function host_spawn(fn, ...)
   local s = state
-  local group = current_group(s)
-  if group then group.n = group.n + 1 end
   if s.sched:current() then              -- inside a task: the driver's context
-    return s.go(s.sched, fn, task_opts(group), ...)
+    return s.go(s.sched, fn, nil, ...)   -- (the task's own group)
   end
+  local group = request_group(s)
+  if group then group.queued = group.queued + 1 end
   local sp = { fn = fn, args = { n = select("#", ...), ... }, group = group }
   s.spawns[#s.spawns + 1] = sp
   kick(s)
@@ -230,28 +227,43 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- enrich.run in a request: fn runs right here (ngx.say and cosockets work
+-- in it; its waits park this request only), its spawns run on the driver;
+-- returns when fn and all of them ended; the first error is raised.
 local function host_run(fn, ...)
   local s = state
+  if type(fn) ~= "function" then error("enrich.run: a function is required", 3) end
   check_yieldable("enrich.run")
   local co = co_running()
   local outer = s.groups[co]
-  local g = { n = 0, err = nil, sema = require("ngx.semaphore").new() }
+  local sema = require("ngx.semaphore").new()
+  local g = new_group(sema)
   s.groups[co] = g
   local res = pack(xpcall(fn, function(e) return traceback(e, 2) end, ...))
   s.groups[co] = outer
-  if not res[1] then g.err = g.err or res[2] end
-  while g.n > 0 and g.err == nil do g.sema:wait(1) end
-  if g.err ~= nil then error(g.err, 2) end
+  if not res[1] and g.failure == nil then g.failure = res[2] end
+  for _ = 1, 1e9 do                      -- bounded by the group's tasks, which end
+    if g.failure ~= nil or (g.tasks_live == 0 and g.queued == 0) then break end
+    sema:wait(1)
+  end
+  if g.failure ~= nil then error(g.failure, 2) end
   return unpack(res, 2, res.n)
 end
 
 --- Attaches the host to `sched` (enrich's loop, made at first use in this
 --- worker) and starts the driver. enrich calls it; idempotent.
 function _M.attach(sched, opts)
-  if state and state.sched == sched then return true end
+  if sched.host == _M then return true end
+  local S = getmetatable(sched).__index   -- the scheduler's own methods
   if phase() == "init" then
-    error("enrich: the loop cannot run in init_by_lua (nginx's master process, which forks);"
-          .. " use enrich from init_worker_by_lua, a request or a timer", 2)
+    -- nginx's master: clients may be made here (nothing of libcurl is), but
+    -- work would be copied into every worker by the fork.
+    local function refused()
+      refuse("enrich: nothing can be submitted or run in init_by_lua (nginx's master process, which"
+             .. " forks); submit from init_worker_by_lua, a request or a timer", 3)
+    end
+    sched.start, sched.go, sched.step, sched.tick = refused, refused, refused, refused
+    return false
   end
   local o = {}
   opts = opts or _M.pending_opts
@@ -260,7 +272,7 @@ function _M.attach(sched, opts)
     sched = sched, opts = o, sema = require("ngx.semaphore").new(),
     spawns = {}, groups = setmetatable({}, { __mode = "k" }),
     kicked = false, running = false, driver_co = nil,
-    step = sched.step, go = sched.go,
+    step = S.step, go = S.go,
   }
   state = s
   sched.host = _M
@@ -268,25 +280,26 @@ function _M.attach(sched, opts)
   sched.host_sleep = host_sleep
   -- Only the driver steps the loop and makes its coroutines; anyone else
   -- that tries gets an error, not a crash in another request's context.
-  sched.step = function(self, ...)
-    if not in_driver(s) then
-      refuse("enrich: the loop of an nginx worker is stepped by its driver only"
-             .. " (enrich.tick, and waits outside a request, are not for OpenResty)", 2)
-    end
-    return s.step(self, ...)
+  local function not_here()
+    refuse("enrich: the loop of an nginx worker is stepped by its driver only"
+           .. " (enrich.tick, and waits outside a request, are not for OpenResty)", 3)
   end
+  sched.step = function(self, ...)
+    if not in_driver(s) then not_here() end
+    return S.step(self, ...)
+  end
+  sched.tick = function() not_here() end
   sched.go = function(self, fn, gopts, ...)
     if not (in_driver(s) or self:current()) then
       refuse("enrich: tasks start on the worker's driver; use enrich.spawn", 2)
     end
-    return s.go(self, fn, gopts, ...)
+    return S.go(self, fn, gopts, ...)
   end
   -- New work from a request wakes the driver.
-  local step_task, at = sched.step_task, sched.at
-  sched.step_task = function(self, ...)
-    local t = step_task(self, ...)
+  local start, at = S.start, S.at
+  sched.start = function(self, ...)
+    start(self, ...)
     if not (in_driver(s) or self:current()) then kick(s) end
-    return t
   end
   sched.at = function(self, ...)
     local r = at(self, ...)
@@ -294,7 +307,7 @@ function _M.attach(sched, opts)
     return r
   end
   local ok, err = start_driver(s)
-  if not ok then error(err, 2) end
+  if not ok then refuse(err, 2) end
   return true
 end
 
@@ -315,6 +328,7 @@ function _M.start(opts)
   end
   _M.pending_opts = opts
   require("enrich").scheduler()            -- makes the loop, which attaches us
+  if not state then return nil, "enrich: start() belongs in init_worker_by_lua, not init_by_lua" end
   return true
 end
 
