@@ -114,6 +114,12 @@ describe_luajit("the OpenResty host, four workers, plain API, no init_worker lin
     assert.is_true(lines >= 1 and lines <= 4, log)   -- once per worker that used a key
   end)
 
+  it("lets a client made in init_by_lua work in the workers, and refuses to submit in the master", function()
+    local body = get(ngx_.url .. "/init")
+    assert.truthy(body:match("^false [^\n]*nothing can be submitted or run in init_by_lua"), body)
+    assert.truthy(body:match("\nsucceeded\n$"), body)
+  end)
+
   it("refuses enrich.tick from a request: the worker's driver owns the loop", function()
     local body = get(ngx_.url .. "/tick")
     assert.truthy(body:match("^false .*stepped by its driver only"), body)

@@ -33,8 +33,8 @@ local ngx = ngx
 local co_running = coroutine.running
 local traceback = debug.traceback
 local unpack = table.unpack or unpack   -- luacheck: ignore 143
-local min, max, pairs, select, tostring, type, error, pcall, xpcall =
-  math.min, math.max, pairs, select, tostring, type, error, pcall, xpcall
+local min, max, pairs, ipairs, select, tostring, type, error, pcall, xpcall =
+  math.min, math.max, pairs, ipairs, select, tostring, type, error, pcall, xpcall
 
 local _M = { _VERSION = "0.2.0" }
 
@@ -258,11 +258,17 @@ function _M.attach(sched, opts)
   if phase() == "init" then
     -- nginx's master: clients may be made here (nothing of libcurl is), but
     -- work would be copied into every worker by the fork.
-    local function refused()
-      refuse("enrich: nothing can be submitted or run in init_by_lua (nginx's master process, which"
-             .. " forks); submit from init_worker_by_lua, a request or a timer", 3)
+    -- In a worker (after the fork) the first of these attaches the host.
+    for _, name in ipairs { "start", "go", "step", "tick", "at" } do
+      sched[name] = function(self, ...)
+        if phase() ~= "init" then
+          _M.attach(self)
+          return self[name](self, ...)
+        end
+        refuse("enrich: nothing can be submitted or run in init_by_lua (nginx's master process, which"
+               .. " forks); submit from init_worker_by_lua, a request or a timer", 2)
+      end
     end
-    sched.start, sched.go, sched.step, sched.tick = refused, refused, refused, refused
     return false
   end
   local o = {}
