@@ -84,8 +84,8 @@ local ok, err = pcall(function()
     table.sort(lat)
     local n = #lat
     local function at(q) return n > 0 and lat[math.max(1, math.min(n, math.floor(n * q + 0.5)))] or 0 end
-    print(string.format("  %d jobs (polls 1 s apart, done at the 6th; every answer 0.3 s late), %d succeeded, over %.1f s of wall time",
-                        JOBS, okn, wall))
+    print(string.format("  %d jobs (polls 1 s apart, done at the 6th; every answer 0.3 s late), %d succeeded,"
+                        .. " over %.1f s of wall time", JOBS, okn, wall))
     print(string.format("  /ping: %d answered, %d lost, median %.2f ms, p99 %.2f ms, worst %.2f ms",
                         n, lost, at(0.5), at(0.99), n > 0 and lat[n] or 0))
     print(string.format("  the 4 workers' CPU: %.2f s in all (%.1f%% of one core over the run)",

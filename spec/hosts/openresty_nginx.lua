@@ -63,7 +63,10 @@ function _M.stop(ngx_)
     if not io.open(ngx_.dir .. "/nginx.pid") then break end
     os.execute("sleep 0.1")
   end
-  if ngx_.dir:match("^/tmp/enrich%-openresty%.[%w]+$") and not os.getenv("KEEP_NGINX") then os.execute("rm -rf " .. ngx_.dir) end
+  -- KEEP_NGINX=1 keeps the directory (its error log) for a look
+  if ngx_.dir:match("^/tmp/enrich%-openresty%.[%w]+$") and not os.getenv("KEEP_NGINX") then
+    os.execute("rm -rf " .. ngx_.dir)
+  end
 end
 
 --- The worker pids of the running nginx (children of the master).

@@ -1,6 +1,7 @@
 -- enrich.ratelimit_shared against a stand-in for ngx.shared (the same
 -- add/get/set/delete semantics, with expiry on a clock the spec moves):
 -- several "workers" on one dict stay under one rate together.
+-- luacheck: globals ngx
 local function fake_ngx(clock, workers, with_dict)
   local store = {}
   local dict = {}

@@ -73,7 +73,7 @@ describe_luajit("the OpenResty host, four workers, plain API, no init_worker lin
     if sim then sim:stop() end
   end)
 
-  it("finishes 400 one-person jobs spread over the workers, with no 429 and no dead worker, while /ping answers", function()
+  it("finishes 400 one-person jobs spread over the workers, no 429, no dead worker, /ping answering", function()
     local r = flood(ngx_, JOBS, KEYS)
     assert.equal(JOBS, r.lines)
     assert.equal(JOBS, r.ok)
