@@ -100,14 +100,22 @@ describe_luajit("the OpenResty host, four workers, plain API, no init_worker lin
     assert.truthy(nginx.log(ngx_):match("badphase: false [^\n]*cannot wait in log"))
   end)
 
-  it("without a shared dict, gives each worker its share of the rate, and says so once", function()
-    local other = nginx.start { port = helper.free_port(), sim = sim.url, shared_dict = false }
+  it("without a shared dict, gives each worker its share of the rate, says so once; recycled drivers", function()
+    -- ... and with a driver that hands over to a fresh timer whenever it can
+    -- (recycle = 0), which must lose nothing.
+    local other = nginx.start { port = helper.free_port(), sim = sim.url, shared_dict = false,
+                                init_worker = 'assert(require("enrich.hosts.openresty").start { recycle = 0 })' }
     local before = tamtam_429s(sim)
     local ok, r = pcall(flood, other, 80, KEYS)
+    local status = get(other.url .. "/status")
     local log = nginx.log(other)
     nginx.stop(other)
     assert(ok, r)
     assert.equal(80, r.ok)
+    local attached, running, generation = status:match("^(%S+) (%S+) (%d+)")
+    assert.equal("true", attached)
+    assert.equal("true", running)
+    assert.is_true(tonumber(generation) > 1, status)
     assert.equal(before, (tamtam_429s(sim)))
     assert.falsy(log:match("exited on signal"))
     local _, lines = log:gsub("each of the 4 workers sends at most 1/4", "")

@@ -125,6 +125,7 @@ local function start_driver(s)
   local ok, err = ngx.timer.at(0, driver, s)
   if not ok then return nil, "enrich: could not start the driver timer: " .. tostring(err) end
   s.running = true
+  s.generation = s.generation + 1
   return true
 end
 
@@ -277,7 +278,7 @@ function _M.attach(sched, opts)
   local s = {
     sched = sched, opts = o, sema = require("ngx.semaphore").new(),
     spawns = {}, groups = setmetatable({}, { __mode = "k" }),
-    kicked = false, running = false, driver_co = nil,
+    kicked = false, running = false, driver_co = nil, generation = 0,
     step = S.step, go = S.go,
   }
   state = s
@@ -338,10 +339,11 @@ function _M.start(opts)
   return true
 end
 
---- The driver's state, for tests and the bench: running, spawns queued.
+--- The driver's state, for tests and the bench.
 function _M.status()
   if not state then return { attached = false } end
-  return { attached = true, running = state.running, spawns = #state.spawns }
+  return { attached = true, running = state.running, spawns = #state.spawns,
+           generation = state.generation }   -- drivers started so far (see recycle)
 end
 
 return _M
