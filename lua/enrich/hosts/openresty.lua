@@ -23,7 +23,8 @@
 -- Where waiting is impossible (init_by_lua, init_worker_by_lua,
 -- set_by_lua, header_filter, body_filter, log, balancer) a wait raises a
 -- clear error, which is also logged. Submitting works in every phase but
--- init_by_lua (the master process must not own a loop: it forks).
+-- init_by_lua (nginx's master, which forks: the work would be copied into
+-- every worker); clients may be made there.
 --
 --   require("enrich.hosts.openresty").start(opts)   -- optional, for tuning
 -- luacheck: read_globals ngx
@@ -302,8 +303,8 @@ function _M.attach(sched, opts)
     end
     return S.go(self, fn, gopts, ...)
   end
-  -- New work from a request wakes the driver.
-  local start, at = S.start, S.at
+  -- New work (a step, a timer, a wake) from a request wakes the driver.
+  local start, at, wake = S.start, S.at, S.wake
   sched.start = function(self, ...)
     start(self, ...)
     if not (in_driver(s) or self:current()) then kick(s) end
@@ -312,6 +313,10 @@ function _M.attach(sched, opts)
     local r = at(self, ...)
     if not (in_driver(s) or self:current()) then kick(s) end
     return r
+  end
+  sched.wake = function(self, ...)             -- a job a request cancelled wakes its waiters
+    wake(self, ...)
+    if not (in_driver(s) or self:current()) then kick(s) end
   end
   local ok, err = start_driver(s)
   if not ok then refuse(err, 2) end
