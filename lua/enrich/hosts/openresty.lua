@@ -187,8 +187,9 @@ end
 -- job:wait and friends from outside the loop: park this light thread on a
 -- semaphore that the job posts when it finishes (or its check is over).
 local function host_wait(job, list, pred, deadline)
-  check_yieldable("job:wait")
   local now = job.client.sched.now     -- the loop's monotonic clock, as deadline is
+  if deadline and deadline <= now() then return pred() end   -- wait(0): no need to yield
+  check_yieldable("job:wait")
   local sema = require("ngx.semaphore").new()
   local function post() sema:post(1) end
   for _ = 1, 1e9 do                       -- bounded by the deadline, or by the job's own
