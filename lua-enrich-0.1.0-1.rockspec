@@ -71,6 +71,7 @@ build = {
     ["enrich.providers.puffle"] = "lua/enrich/providers/puffle.lua",
     ["enrich.providers.tamtam"] = "lua/enrich/providers/tamtam.lua",
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
+    ["enrich.ratelimit_shared"] = "lua/enrich/ratelimit_shared.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
     ["enrich.snapshot"] = "lua/enrich/snapshot.lua",

@@ -44,7 +44,11 @@ local function shared_state(spec, key, rate, retry, opts)
     s = { active = 0, retry_tokens = retry.budget }
     by_key[id] = s
   end
-  if not s.bucket or opts.rate then s.bucket = rate and ratelimit.new(rate.per_second, rate.burst) end
+  if not s.bucket or opts.rate then
+    -- A provider's documented rate is kept a margin under; `id` lets every
+    -- worker of an nginx share the bucket (enrich.ratelimit_shared).
+    s.bucket = rate and ratelimit.new(rate.per_second, rate.burst, { id = id, documented = not opts.rate })
+  end
   if not s.retry or (opts.retry and opts.retry.budget) then
     s.retry_max, s.retry_tokens = retry.budget, retry.budget
   end
