@@ -18,9 +18,9 @@
  * "ioerr", "busy", "readonly", "notadb", "corrupt", "cantopen",
  * "constraint", "locked", "error", ...). Misuse raises.
  *
- * The writer owns a second connection and, with `lock`, an exclusive
- * flock() on a lock file beside the database: one process per store. Lua
- * values are copied into C-owned batches; the thread never touches Lua. */
+ * open's `lock` takes an exclusive flock() on a lock file beside the
+ * database: one process per store. The writer owns a second connection;
+ * Lua values are copied into C-owned batches; its thread never touches Lua. */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1
 #endif
@@ -65,6 +65,39 @@ static int push_error(lua_State *L, sqlite3 *db, int rc) {
   return 3;
 }
 
+/* ---- the lock file ------------------------------------------------------------ */
+
+/* Takes an exclusive flock on `path` (made if missing) and writes our pid
+ * into it. Returns the fd, or -1 with a message pushed. */
+static int take_lock(lua_State *L, const char *path) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    lua_pushfstring(L, "cannot open the lock file %s: %s", path, strerror(errno));
+    lua_pushstring(L, errno == EACCES || errno == EROFS ? "readonly" : "cantopen");
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char buf[32] = { 0 };
+    ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
+    long pid = r > 0 ? strtol(buf, NULL, 10) : 0;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      if (pid > 0) lua_pushfstring(L, "the store is in use by another process (pid %d; lock file %s)", (int)pid, path);
+      else lua_pushfstring(L, "the store is in use by another process (lock file %s)", path);
+      lua_pushliteral(L, "busy");
+    } else {
+      lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
+      lua_pushliteral(L, "error");
+    }
+    return -1;
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) { /* the lock holds anyway */ }
+  return fd;
+}
+
 /* ---- connections ------------------------------------------------------------ */
 
 typedef struct sq_stmt sq_stmt;
@@ -72,6 +105,7 @@ typedef struct sq_stmt sq_stmt;
 typedef struct sq_db {
   sqlite3 *db;              /* NULL once closed */
   pid_t pid;                /* the process that opened it */
+  int lockfd;               /* -1: no lock file held */
   sq_stmt *stmts;           /* live statements, finalized by close */
 } sq_db;
 
@@ -105,8 +139,12 @@ static int db_close(lua_State *L) {
     s->st = NULL;
   }
   /* A forked child must not close the parent's file locks: let it go. */
-  if (d->pid == getpid()) sqlite3_close_v2(d->db);
+  if (d->pid == getpid()) {
+    sqlite3_close_v2(d->db);
+    if (d->lockfd >= 0) close(d->lockfd);   /* releases the flock */
+  }
   d->db = NULL;
+  d->lockfd = -1;
   return 0;
 }
 
@@ -116,23 +154,37 @@ static int db_tostring(lua_State *L) {
   return 1;
 }
 
-static const char *const OPEN_OPTIONS[] = { "readonly", "create", "busy_timeout", NULL };
+static const char *const OPEN_OPTIONS[] = { "readonly", "create", "busy_timeout", "lock", NULL };
+
+/* core.sqlite.open(path [, { readonly, create = true, busy_timeout = s,
+ * lock = path }]): with `lock`, an exclusive flock() on that file is taken
+ * first (and held until close): a second process gets nil, message, "busy". */
 
 static int sq_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int readonly = 0, create = 1;
   int busy = 5000;
+  const char *lock = NULL;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     ec_check_fields(L, 2, OPEN_OPTIONS, "sqlite.open");
     lua_getfield(L, 2, "readonly"); readonly = lua_toboolean(L, -1); lua_pop(L, 1);
     lua_getfield(L, 2, "create"); if (!lua_isnil(L, -1)) create = lua_toboolean(L, -1); lua_pop(L, 1);
     busy = (int)ec_seconds_field(L, 2, "busy_timeout", busy);
+    lua_getfield(L, 2, "lock");
+    lock = lua_tostring(L, -1);          /* the options table keeps it alive */
+    lua_pop(L, 1);
   }
   sq_db *d = lua_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
+  d->lockfd = -1;
   luaL_getmetatable(L, DB_MT);
   lua_setmetatable(L, -2);
+  if (lock && (d->lockfd = take_lock(L, lock)) < 0) {
+    lua_pushnil(L);
+    lua_insert(L, -3);
+    return 3;
+  }
   int flags = readonly ? SQLITE_OPEN_READONLY
                        : SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
   sqlite3 *db = NULL;
@@ -140,6 +192,7 @@ static int sq_open(lua_State *L) {
   if (rc != SQLITE_OK) {
     int n = push_error(L, db, rc);
     sqlite3_close_v2(db);
+    if (d->lockfd >= 0) { close(d->lockfd); d->lockfd = -1; }
     return n;
   }
   sqlite3_extended_result_codes(db, 1);
@@ -363,7 +416,6 @@ typedef struct sq_writer {
   sqlite3_stmt **stmts;
   int nstmts;
   pid_t pid;
-  int lockfd;               /* -1: no lock */
   int threaded, started, stop, closed;
   pthread_t thread;
   pthread_mutex_t mu;
@@ -506,7 +558,6 @@ static int writer_close(lua_State *L) {
   w->nstmts = 0;
   if (w->db) sqlite3_close_v2(w->db);
   w->db = NULL;
-  if (w->lockfd >= 0) { close(w->lockfd); w->lockfd = -1; }   /* releases the flock */
   for (int i = 0; i < 2; i++) if (w->pipe[i] >= 0) { close(w->pipe[i]); w->pipe[i] = -1; }
   pthread_cond_destroy(&w->cv);
   pthread_mutex_destroy(&w->mu);
@@ -653,41 +704,11 @@ static int writer_tostring(lua_State *L) {
   return 1;
 }
 
-/* Takes an exclusive flock on `path` (made if missing) and writes our pid
- * into it. Returns the fd, or -1 with a message pushed. */
-static int take_lock(lua_State *L, const char *path) {
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    lua_pushfstring(L, "cannot open the lock file %s: %s", path, strerror(errno));
-    lua_pushstring(L, errno == EACCES || errno == EROFS ? "readonly" : "cantopen");
-    return -1;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-    char buf[32] = { 0 };
-    ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
-    long pid = r > 0 ? strtol(buf, NULL, 10) : 0;
-    close(fd);
-    if (e == EWOULDBLOCK) {
-      if (pid > 0) lua_pushfstring(L, "the store is in use by another process (pid %d; lock file %s)", (int)pid, path);
-      else lua_pushfstring(L, "the store is in use by another process (lock file %s)", path);
-      lua_pushliteral(L, "busy");
-    } else {
-      lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
-      lua_pushliteral(L, "error");
-    }
-    return -1;
-  }
-  char buf[32];
-  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) { /* the lock holds anyway */ }
-  return fd;
-}
-
-static const char *const WRITER_OPTIONS[] = { "statements", "setup", "lock", "thread", "busy_timeout", NULL };
+static const char *const WRITER_OPTIONS[] = { "statements", "setup", "thread", "busy_timeout", NULL };
 
 /* core.sqlite.writer(path, { statements = { sql, ... }, setup = { sql, ... },
- *                            lock = path, thread = true, busy_timeout = s }) */
+ *                            thread = true, busy_timeout = s }): the
+ * database must exist (the store makes it and its tables first). */
 static int sq_writer_new(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -697,8 +718,6 @@ static int sq_writer_new(lua_State *L) {
   int nst = (int)ec_rawlen(L, -1);
   lua_getfield(L, 2, "setup");
   luaL_argcheck(L, lua_isnil(L, -1) || lua_istable(L, -1), 2, "'setup' must be a table of SQL strings");
-  lua_getfield(L, 2, "lock");
-  const char *lock = lua_tostring(L, -1);
   lua_getfield(L, 2, "thread");
   int threaded = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -708,7 +727,7 @@ static int sq_writer_new(lua_State *L) {
   /* Empty and safe to collect first, then the resources. */
   sq_writer *w = lua_newuserdata(L, sizeof *w);
   memset(w, 0, sizeof *w);
-  w->lockfd = w->pipe[0] = w->pipe[1] = -1;
+  w->pipe[0] = w->pipe[1] = -1;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
   w->pid = getpid();
@@ -716,11 +735,6 @@ static int sq_writer_new(lua_State *L) {
   lua_setmetatable(L, -2);
   int ud = lua_gettop(L);
 
-  if (lock && (w->lockfd = take_lock(L, lock)) < 0) {
-    lua_pushnil(L);
-    lua_insert(L, -3);
-    return 3;
-  }
   sqlite3 *db = NULL;
   int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
