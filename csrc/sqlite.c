@@ -623,7 +623,7 @@ static int writer_commit(lua_State *L) {
     return luaL_error(L, "enrich.core.sqlite: out of memory");
   w->open = NULL;
   b->kill = lua_toboolean(L, 2);
-  b->seq = ++w->next_seq;
+  unsigned long seq = b->seq = ++w->next_seq;     /* b may be freed once done */
   if (!w->threaded) {
     run_batch(w, b);
     pthread_mutex_lock(&w->mu);
@@ -636,7 +636,7 @@ static int writer_commit(lua_State *L) {
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
   }
-  lua_pushinteger(L, (lua_Integer)b->seq);
+  lua_pushinteger(L, (lua_Integer)seq);
   return 1;
 }
 
@@ -713,16 +713,17 @@ static int sq_writer_new(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   ec_check_fields(L, 2, WRITER_OPTIONS, "sqlite.writer");
+  lua_settop(L, 2);
   lua_getfield(L, 2, "statements");
-  luaL_argcheck(L, lua_istable(L, -1), 2, "'statements' must be a table of SQL strings");
-  int nst = (int)ec_rawlen(L, -1);
+  luaL_argcheck(L, lua_istable(L, 3), 2, "'statements' must be a table of SQL strings");
+  int nst = (int)ec_rawlen(L, 3);
   lua_getfield(L, 2, "setup");
-  luaL_argcheck(L, lua_isnil(L, -1) || lua_istable(L, -1), 2, "'setup' must be a table of SQL strings");
+  luaL_argcheck(L, lua_isnil(L, 4) || lua_istable(L, 4), 2, "'setup' must be a table of SQL strings");
   lua_getfield(L, 2, "thread");
   int threaded = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
   int busy = (int)ec_seconds_field(L, 2, "busy_timeout", 5000);
-  int st_idx = lua_gettop(L) - 2, setup_idx = lua_gettop(L) - 1;
+  const int st_idx = 3, setup_idx = 4;
 
   /* Empty and safe to collect first, then the resources. */
   sq_writer *w = lua_newuserdata(L, sizeof *w);
