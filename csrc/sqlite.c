@@ -52,16 +52,42 @@ static const struct { int rc; const char *code; } CODES[] = {
   { 0, NULL }
 };
 
+/* A write that hit the end of the disk (or of a file-size limit, or a
+ * quota) is "full" whatever SQLite calls it (it says IOERR for EFBIG). */
+static int is_full_errno(int e) {
+  return e == ENOSPC || e == EFBIG
+#ifdef EDQUOT
+    || e == EDQUOT
+#endif
+    ;
+}
+
 static const char *code_word(int rc) {
   for (int i = 0; CODES[i].code; i++)
     if ((rc & 0xff) == CODES[i].rc) return CODES[i].code;
   return "error";
 }
 
+/* SQLite's message, with the system's reason for an I/O failure. Call it
+ * right after the failing call, on the thread that made it. */
+static void format_error(sqlite3 *db, int rc, char *out, size_t n, const char **code) {
+  int last = errno;                    /* SQLite does not always keep it (EFBIG, say) */
+  int e = db ? sqlite3_system_errno(db) : 0;
+  if (e == 0 && (rc & 0xff) == SQLITE_IOERR) e = last;
+  int io = (rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_FULL || (rc & 0xff) == SQLITE_CANTOPEN;
+  const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (io && e != 0) snprintf(out, n, "%s (%s)", msg, strerror(e));
+  else snprintf(out, n, "%s", msg);
+  *code = io && is_full_errno(e) ? "full" : code_word(rc);
+}
+
 static int push_error(lua_State *L, sqlite3 *db, int rc) {
+  char msg[512];
+  const char *code;
+  format_error(db, rc, msg, sizeof msg, &code);
   lua_pushnil(L);
-  lua_pushstring(L, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-  lua_pushstring(L, code_word(rc));
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code);
   return 3;
 }
 
@@ -409,6 +435,7 @@ typedef struct sq_batch {
   sq_op *head, *tail;
   int rc;                   /* after the commit: SQLITE_OK or why it was rolled back */
   char *err;
+  const char *code;         /* a static word */
 } sq_batch;
 
 typedef struct sq_writer {
@@ -451,6 +478,8 @@ static char *dup_str(const char *s) {
 /* Runs one batch in one transaction; on any failure rolls it all back. */
 static void run_batch(sq_writer *w, sq_batch *b) {
   sqlite3 *db = w->db;
+  char msg[512];
+  msg[0] = 0;
   int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   for (sq_op *o = b->head; o && rc == SQLITE_OK; o = o->next) {
     sqlite3_stmt *st = w->stmts[o->stmt];
@@ -465,7 +494,10 @@ static void run_batch(sq_writer *w, sq_batch *b) {
     }
     if (rc == SQLITE_OK) {
       int s = sqlite3_step(st);
-      if (s != SQLITE_DONE && s != SQLITE_ROW) rc = s;
+      if (s != SQLITE_DONE && s != SQLITE_ROW) {
+        rc = s;                        /* read the reason now: reset forgets it */
+        format_error(db, rc, msg, sizeof msg, &b->code);
+      }
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -473,7 +505,8 @@ static void run_batch(sq_writer *w, sq_batch *b) {
   if (rc == SQLITE_OK && b->kill) kill(getpid(), SIGKILL);
   if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
-    b->err = dup_str(sqlite3_errmsg(db));
+    if (msg[0] == 0) format_error(db, rc, msg, sizeof msg, &b->code);
+    b->err = dup_str(msg);
     if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
   }
   b->rc = rc;
@@ -660,7 +693,7 @@ static int push_done(lua_State *L, sq_writer *w) {
     lua_setfield(L, -2, "seq");
     lua_pushstring(L, b->err ? b->err : sqlite3_errstr(b->rc));
     lua_setfield(L, -2, "message");
-    lua_pushstring(L, code_word(b->rc));
+    lua_pushstring(L, b->code ? b->code : code_word(b->rc));
     lua_setfield(L, -2, "code");
     lua_rawseti(L, -2, ++n);
     free_batch(b);
