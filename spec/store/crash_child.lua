@@ -41,7 +41,7 @@ if phase == "run" then
     for _, job in ipairs(jobs) do job:wait(20) end
   end)
 else
-  jobs = assert(require("enrich.resume").resume(store, { [provider] = client },
+  jobs = assert(enrich.resume(store, { [provider] = client },
                                                 { resubmit_unknown = resubmit or nil }))
   enrich.run(function()
     for _, job in ipairs(jobs) do job:wait(20) end

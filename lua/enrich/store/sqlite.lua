@@ -16,8 +16,8 @@ local cjson = require("cjson.safe").new()
 local crash = require "enrich.crash"
 local store = require "enrich.store"
 
-local type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os_time, coroutine_running =
-  type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os.time, coroutine.running
+local type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os_time =
+  type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os.time
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 cjson.encode_max_depth(64)
@@ -167,7 +167,7 @@ function _M.open(url, opts)
     handed = 0,         -- sequence number of the last batch handed to the writer
     done = 0,           -- ... and of the last one finished
     queued = 0,         -- statements in the open batch
-    waiters = {}, waiter_seqs = {},  -- tasks parked until their batch is durable, and its number
+    waiters = {}, waiter_tokens = {}, waiter_seqs = {},  -- tasks parked until their batch is durable
     waiter_head = 1, waiter_tail = 0,
     overlay = {},       -- answers/meta put and not yet committed: key -> { value, seq }
     failures = 0, error = nil,
@@ -234,12 +234,12 @@ function store_mt:_finished(done, failures, sched)
     end
   end
   -- Waiters queue in the order of their batches: wake from the front.
-  local w, seqs, head = self.waiters, self.waiter_seqs, self.waiter_head
+  local w, tokens, seqs, head = self.waiters, self.waiter_tokens, self.waiter_seqs, self.waiter_head
   while head <= self.waiter_tail and seqs[head] <= done do
-    local co, seq = w[head], seqs[head]
-    w[head], seqs[head] = nil, nil
+    local task, token, seq = w[head], tokens[head], seqs[head]
+    w[head], tokens[head], seqs[head] = nil, nil, nil
     head = head + 1
-    if sched then sched:wake(co, failed and failed[seq] or true) end
+    if sched then sched:wake(task, token, failed and failed[seq] or true) end
   end
   if head > self.waiter_tail then head, self.waiter_tail = 1, 0 end
   self.waiter_head = head
@@ -261,9 +261,10 @@ end
 function store_mt:_durable(sched)
   local seq = self.handed + 1                      -- the open batch's number to be
   if sched and sched:current() then
+    local task, token = sched:waker()
     local t = self.waiter_tail + 1
     self.waiter_tail = t
-    self.waiters[t], self.waiter_seqs[t] = coroutine_running(), seq
+    self.waiters[t], self.waiter_tokens[t], self.waiter_seqs[t] = task, token, seq
     if not self.commit_armed then
       self.commit_armed = true
       sched:at(self.commit_timer, sched.now())
