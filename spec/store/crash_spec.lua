@@ -90,6 +90,13 @@ describe("kill -9 at every crash point, then resume", function()
         cleanup(db)
         local context = "\nrun:\n" .. out1 .. "\nresume:\n" .. out2
 
+        if os.getenv("ENRICH_CRASH_REPORT") then
+          local states = {}
+          for _, j in ipairs(jobs) do states[#states + 1] = j.state end
+          io.stderr:write(("%-7s %-19s killed=%-5s states=%-28s provider_jobs=%d ids_known=%d unknown_parts=%d dups=%d reused=%d\n")
+            :format(provider, at, tostring(not finished1), table.concat(states, ","), stats.jobs, facts.ids,
+                    facts.unknown_parts, #stats.duplicates, stats.reused or 0))
+        end
         -- No input submitted twice (a lance record or a puffle replay
         -- answered again is `reused`, not submitted).
         assert.same({}, stats.duplicates, context)
