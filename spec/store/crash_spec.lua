@@ -4,7 +4,6 @@
 -- counters and the store: no input submitted twice, no provider id lost,
 -- every job terminal or `unknown`, and `unknown` only where the kill came
 -- after the intent was committed and before the provider id was.
-local helper = require "helper"
 local support = require "engine.support"
 local estore = require "enrich.store"
 
@@ -32,7 +31,9 @@ local function child(sim, db, provider, phase, crash_at)
   local out = p:read("*a")
   p:close()
   local jobs = {}
-  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do jobs[#jobs + 1] = { uid = uid, state = state, code = code } end
+  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do
+    jobs[#jobs + 1] = { uid = uid, state = state, code = code }
+  end
   return out, out:find("\nDONE\n", 1, true) ~= nil or out:sub(1, 5) == "DONE\n", jobs
 end
 
@@ -93,7 +94,8 @@ describe("kill -9 at every crash point, then resume", function()
         if os.getenv("ENRICH_CRASH_REPORT") then
           local states = {}
           for _, j in ipairs(jobs) do states[#states + 1] = j.state end
-          io.stderr:write(("%-7s %-19s killed=%-5s states=%-28s provider_jobs=%d ids_known=%d unknown_parts=%d dups=%d reused=%d\n")
+          io.stderr:write(("%-7s %-19s killed=%-5s states=%-28s provider_jobs=%d ids_known=%d "
+                           .. "unknown_parts=%d dups=%d reused=%d\n")
             :format(provider, at, tostring(not finished1), table.concat(states, ","), stats.jobs, facts.ids,
                     facts.unknown_parts, #stats.duplicates, stats.reused or 0))
         end
