@@ -60,6 +60,7 @@ build = {
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.resume"] = "lua/enrich/resume.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
+    ["enrich.snapshot"] = "lua/enrich/snapshot.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
     ["enrich.sim.httpd"] = "lua/enrich/sim/httpd.lua",
     ["enrich.sim"] = "lua/enrich/sim/init.lua",
