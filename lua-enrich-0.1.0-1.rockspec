@@ -44,16 +44,17 @@ test_dependencies = {
 -- `libdirs`, and its sources in `sources`.
 external_dependencies = {
   CURL = { library = "curl" },
+  SQLITE = { library = "sqlite3" },
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/result.c", "csrc/thread.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/result.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "pthread" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
     },
     ["enrich.client"] = "lua/enrich/client.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
@@ -73,6 +74,7 @@ build = {
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
     ["enrich.ratelimit_shared"] = "lua/enrich/ratelimit_shared.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
+    ["enrich.resume"] = "lua/enrich/resume.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
     ["enrich.snapshot"] = "lua/enrich/snapshot.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
@@ -85,6 +87,8 @@ build = {
     ["enrich.sim.puffle"] = "lua/enrich/sim/puffle.lua",
     ["enrich.sim.tamtam"] = "lua/enrich/sim/tamtam.lua",
     ["enrich.sim.util"] = "lua/enrich/sim/util.lua",
+    ["enrich.store"] = "lua/enrich/store/init.lua",
+    ["enrich.store.sqlite"] = "lua/enrich/store/sqlite.lua",
     ["enrich.testing"] = "lua/enrich/testing.lua",
   },
   install = {

@@ -138,4 +138,7 @@ void ec_io_forget(ec_engine *e);            /* in a fork's child: our descriptor
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);
 
+/* sqlite.c: sets module.sqlite on the module table at the top of the stack */
+void ec_sqlite_open(lua_State *L);
+
 #endif
