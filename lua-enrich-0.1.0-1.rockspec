@@ -29,16 +29,17 @@ test_dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/result.c", "csrc/thread.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/result.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "csv", "pthread" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "csv", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
     },
     ["enrich.client"] = "lua/enrich/client.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
