@@ -54,15 +54,13 @@ function _M.extract(data, names)
     out[r] = rec
   end
   for _, name in ipairs(names) do
-    local usable = false
-    local probe = _M.input_for(name, {
+    local probe = _M.usable(name, {
       first_name = index.first_name and "x", last_name = index.last_name and "x",
       full_name = index.full_name and "x y", linkedin_url = index.linkedin_url and "x",
       id = (index[ID_COLUMN[name] or ""] or index.id) and "00000000-0000-4000-8000-000000000000",
-      text = index.text and "x",
-    })
-    if probe then usable = true end
-    if not usable then
+      text = index.text and "Blue Bottle Coffee",
+    }, {})
+    if not probe then
       return nil, "no column " .. name .. " can use (it needs " .. (NEEDS[name] or "its input") .. ")"
     end
   end

@@ -97,7 +97,7 @@ local function run(argv, out, err)
   local interrupts = 0
   local w = waterfall.new {
     recs = recs, groups = groups, names = o.providers, kind = o.kind, state = st,
-    budget = b, run = st.run,
+    budget = b, run_id = st.run,
     interrupted = function() return core.sigint_count() > interrupts end,
   }
   if o.dry_run then

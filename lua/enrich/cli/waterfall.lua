@@ -71,7 +71,7 @@ end
 -- Applies a cached or fresh answer of provider `name` to group g.
 function W:apply(g, a, name, fresh)
   local credits = 0
-  if fresh or a.run == self.run then credits = a.credits or 0 end
+  if fresh or a.run == self.run_id then credits = a.credits or 0 end
   g.tried[#g.tried + 1] = { provider = name, status = a.status, email = a.email,
                             email_status = a.email_status, phone = a.phone, error = a.error,
                             credits = credits }
@@ -105,7 +105,7 @@ function W:plan(name, stage_is_last)
         local cached = self.state:answer_get(key)
         if type(cached) == "table" and cached.status then
           if not g.hit then g.hit = true; self.stats.cache_hits = self.stats.cache_hits + 1 end
-          if cached.run == self.run and (cached.credits or 0) > 0 then
+          if cached.run == self.run_id and (cached.credits or 0) > 0 then
             self.budget:charge(cached.credits, name)
           end
           self:apply(g, cached, name, false)
@@ -131,7 +131,7 @@ end
 -- it already), onto the groups, and the budget settled.
 function W:finish_job(job, items, name, reserved, stage_is_last)
   local list = self.state:record(job)
-  local _, total = answers.of_job(job, self.run)
+  local _, total = answers.of_job(job, self.run_id)
   self.budget:settle(reserved, total, name)
   self.stats.requests = self.stats.requests + (tonumber(job.polls) or 0)
   for i, it in ipairs(items) do
