@@ -20,11 +20,20 @@ local function email_status(r)
   return nil
 end
 
+--- Whether an item's submit may have reached the provider with its answer
+--- never read (a restart cut it off): it is never sent again.
+function _M.unknown(job, r)
+  if job.state == "unknown" then return true end
+  if type(r.error) == "table" and r.error.code == "unknown" then return true end
+  return r.status ~= "found" and r.status ~= "not_found"
+     and type(job.error) == "table" and job.error.code == "unknown"
+end
+
 --- One result item -> an answer table (JSON-able).
 local function answer(job, r, credits, run)
   local a = { provider = job.provider, credits = credits, run = run }
   local status = r.status
-  if job.state == "unknown" then
+  if _M.unknown(job, r) then
     a.status, a.error = "unknown", "unknown"
   elseif status == "found" or status == "not_found" then
     a.status = status

@@ -85,10 +85,10 @@ function _M.item_credits(name, kind, job)
     sum = sum + est[i]
   end
   local reported = job.cost and job.cost.credits
-  if job.state == "unknown" then
-    -- Sent, answer never read: it may all have been charged.
-    for i = 1, #results do est[i] = price end
-    return est, price * #results
+  -- Sent, answer never read: it may all have been charged.
+  local unknown = require("enrich.cli.answers").unknown
+  for i, r in ipairs(results) do
+    if unknown(job, r) and est[i] < price then sum = sum + price - est[i]; est[i] = price end
   end
   if not reported then return est, sum end
   if sum > 0 then
