@@ -17,7 +17,7 @@ local records = require "enrich.cli.records"
 local state_mod = require "enrich.cli.state"
 local waterfall = require "enrich.cli.waterfall"
 
-local ipairs, pairs, tostring, getenv, pcall = ipairs, pairs, tostring, os.getenv, pcall
+local ipairs, pairs, tostring, tonumber, getenv, pcall = ipairs, pairs, tostring, tonumber, os.getenv, pcall
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -40,6 +40,9 @@ local function make_clients(o, store)
     local opts = { api_key = key, base_url = getenv(env_name(name, "BASE_URL")) }
     if opts.base_url == "" then opts.base_url = nil end
     if o.poll_interval then opts.poll = { interval = o.poll_interval } end
+    -- A plan (or a simulator) with a higher rate than the documented one.
+    local rate = tonumber(getenv(env_name(name, "RATE")) or "")
+    if rate and rate > 0 then opts.rate = { per_second = rate, burst = math.max(1, math.floor(rate)) } end
     opts.store = store
     local ok, c, err = pcall(enrich.client, name, opts)
     if not ok and store and tostring(c):find("'store'", 1, true) then
