@@ -9,10 +9,15 @@ local ipairs, pairs, lower = ipairs, pairs, string.lower
 
 local _M = { _VERSION = "0.1.0" }
 
+-- Lower-cased, inner spaces collapsed, trimmed; nil when empty.
 local function squash(s)
   if not s then return nil end
-  s = lower(s):gsub("%s+", " "):match("^ ?(.-) ?$")
-  return s ~= "" and s or nil
+  s = lower(s)
+  if s:find("%s%s") or s:find("[\t\r\n\v\f]") then s = s:gsub("%s+", " ") end
+  local a = s:find("%S")
+  if not a then return nil end
+  if a > 1 or s:byte(-1) == 32 then s = s:match("^%s*(.*%S)") end
+  return s
 end
 
 function _M.linkedin(url)

@@ -77,7 +77,7 @@ local function run(argv, out, err)
   if not data then usage(rerr) end
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
-  local groups = dedupe.group(recs)
+  local groups, _, row_keys = dedupe.group(recs)
   local clients = (not o.dry_run) and true or nil  -- keys are checked before the store is touched
   if clients then
     for _, name in ipairs(o.providers) do
@@ -99,8 +99,10 @@ local function run(argv, out, err)
   local b = budget.new(o.budget)
   local interrupts = 0
   local w = waterfall.new {
-    recs = recs, groups = groups, names = o.providers, kind = o.kind, state = st,
+    recs = recs, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
     budget = b, run_id = st.run,
+    -- A store that never recorded a run holds no answers: no lookups.
+    fresh_store = (seen == nil),
     interrupted = function() return core.sigint_count() > interrupts end,
   }
   if o.dry_run then

@@ -96,7 +96,8 @@ end
 --- The jobs a crash or Ctrl-C left open, as live jobs of `clients`
 --- (name -> client). -> jobs (possibly empty) | nil, message
 function S:resume(clients)
-  if not self.journal then return {} end
+  local journal = self:client_store()
+  if not journal then return {} end
   local enrich = require "enrich"
   local resume = enrich.resume
   if not resume then
@@ -105,7 +106,7 @@ function S:resume(clients)
     if ok and type(mod) == "function" then resume = mod end
   end
   if not resume then return {} end
-  local jobs, err = resume(self:client_store(), clients)
+  local jobs, err = resume(journal, clients)
   if not jobs then return nil, "cannot resume the jobs of " .. self.url .. ": " .. tostring(err) end
   return jobs
 end

@@ -20,8 +20,10 @@ _M.IDLE_SLEEP = 0.01       -- seconds between looks while waiting for room
 local W = {}
 W.__index = W
 
---- ctx: recs, groups, names, kind, clients (name -> client, nil on a dry
---- run), state, budget, run (this run's id), interrupted() -> bool.
+--- ctx: recs, groups, row_keys (dedupe.group), names, kind, clients (name
+--- -> client, nil on a dry run), state, budget, run_id (this run's id),
+--- fresh_store (nothing recorded yet: no answer to look up),
+--- interrupted() -> bool.
 function _M.new(ctx)
   local self = setmetatable(ctx, W)
   self.stats = { rows = #ctx.recs, done_rows = 0, found_rows = 0, requests = 0, submits = 0,
@@ -84,7 +86,8 @@ function W:pick(g, name)
     local rec = self.recs[r]
     local input = records.usable(name, rec, { kind = self.kind })
     if input then
-      return input, answers.key(name, self.kind, dedupe.answer_key(name, rec, dedupe.keys(rec)))
+      local keys = self.row_keys and self.row_keys[r] or dedupe.keys(rec)
+      return input, answers.key(name, self.kind, dedupe.answer_key(name, rec, keys))
     end
   end
   return nil
@@ -102,7 +105,7 @@ function W:plan(name, stage_is_last)
         g.tried[#g.tried + 1] = { provider = name, status = "skipped", error = "invalid", credits = 0 }
         self:settle_group(g, stage_is_last)
       else
-        local cached = self.state:answer_get(key)
+        local cached = not self.fresh_store and self.state:answer_get(key) or nil
         if type(cached) == "table" and cached.status then
           if not g.hit then g.hit = true; self.stats.cache_hits = self.stats.cache_hits + 1 end
           if cached.run == self.run_id and (cached.credits or 0) > 0 then
@@ -131,7 +134,8 @@ end
 -- it already), onto the groups, and the budget settled.
 function W:finish_job(job, items, name, reserved, stage_is_last)
   local list = self.state:record(job)
-  local _, total = answers.of_job(job, self.run_id)
+  local total = 0
+  for _, e in ipairs(list) do total = total + (e.answer.credits or 0) end
   self.budget:settle(reserved, total, name)
   self.stats.requests = self.stats.requests + (tonumber(job.polls) or 0)
   for i, it in ipairs(items) do
