@@ -70,6 +70,7 @@ build = {
     ["enrich.providers.tamtam"] = "lua/enrich/providers/tamtam.lua",
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
+    ["enrich.resume"] = "lua/enrich/resume.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
     ["enrich.sim.httpd"] = "lua/enrich/sim/httpd.lua",
@@ -81,6 +82,8 @@ build = {
     ["enrich.sim.puffle"] = "lua/enrich/sim/puffle.lua",
     ["enrich.sim.tamtam"] = "lua/enrich/sim/tamtam.lua",
     ["enrich.sim.util"] = "lua/enrich/sim/util.lua",
+    ["enrich.store"] = "lua/enrich/store/init.lua",
+    ["enrich.store.sqlite"] = "lua/enrich/store/sqlite.lua",
   },
   install = {
     bin = { ["enrich"] = "bin/enrich", ["enrich-sim"] = "bin/enrich-sim" },

@@ -216,7 +216,9 @@ describe("enrich.store (sqlite)", function()
           local job = { uid = "big" .. i, provider = "tamtam", state = "queued", client = { sched = sched },
                         parts = { { uid = "big" .. i .. "/1", count = 1 } } }
           job.parts[1].inputs = { string.rep("x", 1200000) }
-          function job.snapshot(j) return { v = 2, uid = j.uid, state = j.state, parts = { { uid = j.parts[1].uid } } } end
+          function job.snapshot(j)
+            return { v = 2, uid = j.uid, state = j.state, parts = { { uid = j.parts[1].uid } } }
+          end
           local ok, err = s:intent(job, job.parts[1])
           print("intent", tostring(ok), err and err.code, err and err.reason, err and tostring(err))
         end
