@@ -187,7 +187,7 @@ describe("enrich run", function()
     assert.equal(0, code)
     local rows, header = support.csv(support.path("out3.csv"))
     assert.same({ "domain", "first_name", "full_name", "last_name", "score", "tags" },
-                { table.unpack(header, 1, 6) })
+                { (table.unpack or unpack)(header, 1, 6) })
     assert.equal('["a"]', rows[1].tags)
   end)
 
