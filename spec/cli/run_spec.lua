@@ -130,6 +130,7 @@ describe("enrich run", function()
     local code, stdout, err = run { "--provider", "tamtam", "--in", input, "--out", out }
     assert.equal(2, code)
     assert.matches("changed since the run", err)
+    local _
     assert.equal("", stdout)
     code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out, "--force" }
     assert.equal(0, code, err)
@@ -140,7 +141,8 @@ describe("enrich run", function()
   end)
 
   it("a rerun of a finished run sends nothing and writes the same output", function()
-    local input = csv_file("again.csv", "first_name,last_name,domain", { "Ada,Byron,example.com", "Eve,Notfound,example.com" })
+    local input = csv_file("again.csv", "first_name,last_name,domain",
+                           { "Ada,Byron,example.com", "Eve,Notfound,example.com" })
     local out = support.path("out.csv")
     assert.equal(0, (run { "--provider", "tamtam", "--in", input, "--out", out }))
     local first = support.read(out)
@@ -151,7 +153,8 @@ describe("enrich run", function()
   end)
 
   it("exits 1 when a row failed, 0 when every row is found or not found", function()
-    local input = csv_file("fail.csv", "first_name,last_name,domain", { "Ada,Byron,example.com", "Ivy,Itemfail,example.com" })
+    local input = csv_file("fail.csv", "first_name,last_name,domain",
+                           { "Ada,Byron,example.com", "Ivy,Itemfail,example.com" })
     local out = support.path("out.csv")
     local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out }
     assert.equal(1, code, err)
@@ -171,7 +174,8 @@ describe("enrich run", function()
     local lines = {}
     for l in support.read(out):gmatch("[^\n]+") do lines[#lines + 1] = l end
     assert.equal(2, #lines)
-    assert.matches('^{"first_name":"Ada","last_name":"Byron","domain":"example.com","score":1.50,"tags":%["a"%],"enrich":{', lines[1])
+    assert.matches('^{"first_name":"Ada","last_name":"Byron","domain":"example.com","score":1.50,'
+                   .. '"tags":%["a"%],"enrich":{', lines[1])
     local a, b = cjson.decode(lines[1]), cjson.decode(lines[2])
     assert.equal("found", a.enrich.status)
     assert.equal("ada.byron@example.com", a.enrich.email)
@@ -211,6 +215,8 @@ end)
 describe("enrich run refuses, exit 2 with one line and no traceback", function()
   teardown(support.cleanup)
 
+  local function o_csv() return support.path("o.csv") end
+
   local function refuses(argv, env, pattern)
     local code, stdout, err = support.run(nil, argv, env)
     assert.equal(2, code, err)
@@ -226,7 +232,7 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
   setup(function() ok_csv = support.write("ok.csv", "first_name,last_name\nAda,Byron\n") end)
 
   it("an unknown provider", function()
-    refuses({ "run", "--provider", "nope", "--in", ok_csv, "--out", support.path("o.csv") }, {}, "unknown provider 'nope'")
+    refuses({ "run", "--provider", "nope", "--in", ok_csv, "--out", o_csv() }, {}, "unknown provider 'nope'")
   end)
 
   it("a missing key", function()
@@ -235,14 +241,14 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
   end)
 
   it("a missing file", function()
-    refuses({ "run", "--provider", "tamtam", "--in", support.path("none.csv"), "--out", support.path("o.csv") }, {},
+    refuses({ "run", "--provider", "tamtam", "--in", support.path("none.csv"), "--out", o_csv() }, {},
             "No such file")
   end)
 
   it("columns no provider can use", function()
     local f = support.write("cols.csv", "a,b\n1,2\n")
-    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", support.path("o.csv") }, {}, "no column tamtam can use")
-    refuses({ "run", "--provider", "tamtam,lance", "--in", ok_csv, "--out", support.path("o.csv") }, {},
+    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {}, "no column tamtam can use")
+    refuses({ "run", "--provider", "tamtam,lance", "--in", ok_csv, "--out", o_csv() }, {},
             "no column lance can use")
   end)
 
@@ -250,14 +256,14 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
     refuses({ "run", "--provider", "tamtam", "--in", support.write("x.txt", "hi"), "--out", support.path("o.csv") },
             {}, "cannot tell the format")
     local f = support.write("more.csv", "first_name,last_name\nAda,Byron\nA,B,C\n")
-    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", support.path("o.csv") }, {},
+    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {},
             "more%.csv:3: row has 3 fields, the header has 2")
     f = support.write("utf.csv", "first_name,last_name\nAda,Byron\nA,B\255\n")
-    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", support.path("o.csv") }, {}, "utf%.csv:3: invalid UTF%-8")
+    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {}, "utf%.csv:3: invalid UTF%-8")
     f = support.write("quote.csv", 'first_name,last_name\nAda,B"yron"\n')
-    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", support.path("o.csv") }, {}, "quote%.csv:2: malformed CSV")
+    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {}, "quote%.csv:2: malformed CSV")
     f = support.write("bad.jsonl", '{"first_name":"Ada"}\n[1,2]\n')
-    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", support.path("o.csv") }, {}, "bad%.jsonl:2: not a JSON object")
+    refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {}, "bad%.jsonl:2: not a JSON object")
     assert.is_false(support.exists(support.path("o.csv")))
   end)
 

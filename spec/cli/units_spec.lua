@@ -74,9 +74,12 @@ describe("waterfall outcome", function()
     assert.same({ status = "not_found", credits = 1 },
       o { { status = "failed", error = "server", credits = 0 }, { status = "not_found", credits = 1 } })
     assert.same({ status = "failed", error = "timeout", credits = 0 },
-      o { { status = "skipped", error = "invalid", credits = 0 }, { status = "failed", error = "timeout", credits = 0 } })
-    assert.same({ status = "skipped", error = "budget", credits = 0 }, o { { status = "skipped", error = "budget", credits = 0 } })
-    assert.same({ status = "skipped", error = "invalid", credits = 0 }, o { { status = "skipped", error = "invalid", credits = 0 } })
+      o { { status = "skipped", error = "invalid", credits = 0 },
+          { status = "failed", error = "timeout", credits = 0 } })
+    assert.same({ status = "skipped", error = "budget", credits = 0 },
+                o { { status = "skipped", error = "budget", credits = 0 } })
+    assert.same({ status = "skipped", error = "invalid", credits = 0 },
+                o { { status = "skipped", error = "invalid", credits = 0 } })
     assert.same({ status = "unknown", error = "unknown", credits = 1 }, o { { status = "unknown", credits = 1 } })
   end)
 end)
@@ -85,7 +88,7 @@ describe("progress", function()
   local function sink()
     local s = { text = "" }
     function s:write(...) for _, x in ipairs { ... } do self.text = self.text .. x end end
-    function s:flush() end
+    function s.flush() end
     return s
   end
 
@@ -101,7 +104,8 @@ describe("progress", function()
       .. "\r\27[Krows 25/100 | found 80% | credits 12/500 | 5.0 req/s | ETA 30s", out.text)
     p:update(stats, 12)                             -- too soon: nothing
     assert.matches("ETA 30s$", out.text)
-    p:summary({ { status = "found" }, { status = "found" }, { status = "skipped" } }, { tamtam = 12 }, { "tamtam", "lance" })
+    p:summary({ { status = "found" }, { status = "found" }, { status = "skipped" } }, { tamtam = 12 },
+              { "tamtam", "lance" })
     assert.matches("\r\27%[Kenrich: 3 rows: found 2, skipped 1\nenrich: credits 12 of 500 %(tamtam 12, lance 0%)\n"
                    .. "enrich: elapsed 10s\n$", out.text)
   end)
@@ -120,16 +124,20 @@ describe("progress", function()
 end)
 
 describe("args", function()
+  local function why(provider, ...)
+    return select(2, args.parse { "run", "--provider", provider, "--in", "a.csv", "--out", "b", ... })
+  end
+
   it("checks providers, kinds, numbers and formats", function()
     local o = assert(args.parse { "run", "--provider", "tamtam, lance", "--in", "a.CSV", "--out", "b.jsonl" })
     assert.same({ "tamtam", "lance" }, o.providers)
     assert.equal("csv", o.in_format)
     assert.equal("csv", o.out_format)
     assert.equal("sqlite:b.jsonl.state.db", o.store)
-    assert.matches("named twice", select(2, args.parse { "run", "--provider", "tamtam,tamtam", "--in", "a.csv", "--out", "b" }))
-    assert.matches("%-%-budget", select(2, args.parse { "run", "--provider", "tamtam", "--in", "a.csv", "--out", "b", "--budget", "x" }))
-    assert.matches("%-%-poll%-interval", select(2, args.parse { "run", "--provider", "tamtam", "--in", "a.csv", "--out", "b", "--poll-interval", "0" }))
-    assert.matches("%-%-store", select(2, args.parse { "run", "--provider", "tamtam", "--in", "a.csv", "--out", "b", "--store", "x" }))
-    assert.matches("kind", select(2, args.parse { "run", "--provider", "tamtam", "--in", "a.csv", "--out", "b", "--kind", "fax" }))
+    assert.matches("named twice", why("tamtam,tamtam"))
+    assert.matches("%-%-budget", why("tamtam", "--budget", "x"))
+    assert.matches("%-%-poll%-interval", why("tamtam", "--poll-interval", "0"))
+    assert.matches("%-%-store", why("tamtam", "--store", "x"))
+    assert.matches("kind", why("tamtam", "--kind", "fax"))
   end)
 end)

@@ -24,7 +24,8 @@ Keys: ENRICH_<PROVIDER>_API_KEY; base URLs: ENRICH_<PROVIDER>_BASE_URL.]]
 
 local function build()
   local p = argparse("enrich", "Run a file of people through enrichment providers.")
-    :epilog(RUN_HELP .. "\nExit codes: 0 done, 1 some rows failed, 2 usage error or rows skipped/unknown, 130 interrupted.")
+    :epilog(RUN_HELP .. "\nExit codes: 0 done, 1 some rows failed, 2 usage error or rows skipped/unknown,"
+            .. " 130 interrupted.")
   p:command_target("command")
   p:require_command(true)
   local run = p:command("run", "Enrich a file through one provider or a waterfall.")

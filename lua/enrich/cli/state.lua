@@ -8,8 +8,8 @@
 -- still open (resume polls it again, free) or its answers are in the cache.
 local answers = require "enrich.cli.answers"
 
-local type, pairs, ipairs, pcall, require, setmetatable, tostring =
-  type, pairs, ipairs, pcall, require, setmetatable, tostring
+local type, ipairs, pcall, require, setmetatable, tostring =
+  type, ipairs, pcall, require, setmetatable, tostring
 
 local _M = { _VERSION = "0.1.0" }
 

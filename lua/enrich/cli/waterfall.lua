@@ -9,7 +9,7 @@ local budget_mod = require "enrich.cli.budget"
 local dedupe = require "enrich.cli.dedupe"
 local records = require "enrich.cli.records"
 
-local ipairs, pairs, type, min, tostring = ipairs, pairs, type, math.min, tostring
+local ipairs, pairs, type, min, tonumber = ipairs, pairs, type, math.min, tonumber
 
 local _M = { _VERSION = "0.1.0" }
 
