@@ -43,7 +43,7 @@ function P:line(stats, charged)
     format("rows %d/%d", done, total),
     format("found %d%%", found),
     "credits " .. num(charged) .. (self.limit and ("/" .. num(self.limit)) or ""),
-    elapsed >= 1 and format("%.1f req/s", stats.requests / elapsed) or "- req/s",
+    elapsed >= 1 and format("%.1f req/s", (stats.requests + (stats.requests_live or 0)) / elapsed) or "- req/s",
   }
   if done > 0 and done < total and elapsed >= 1 then
     parts[#parts + 1] = "ETA " .. duration((total - done) * elapsed / done)

@@ -126,6 +126,9 @@ local function run(argv, out, err)
   enrich.run(function()
     enrich.spawn(function()                   -- the status line, until the end
       while not finished do
+        local live = 0                        -- status reads of the jobs still out
+        for job in pairs(w.inflight or {}) do live = live + (tonumber(job.polls) or 0) end
+        w.stats.requests_live = live
         prog:update(w.stats, b.charged)
         enrich.sleep(0.1)
       end
@@ -136,9 +139,10 @@ local function run(argv, out, err)
       b:reserve(budget.price(job.provider, o.kind) * #(job.inputs or job.results or {}))
     end
     w:finish_resumed(resumed)
+    -- Their answers are in the cache now, marked as this run's: the stages
+    -- count their credits when they meet them there (not twice here).
     for _, job in ipairs(resumed) do
-      local _, total = require("enrich.cli.answers").of_job(job, st.run)
-      b:settle(budget.price(job.provider, o.kind) * #(job.inputs or job.results or {}), total, job.provider)
+      b:settle(budget.price(job.provider, o.kind) * #(job.inputs or job.results or {}), 0)
     end
     if not w.interrupted() then w:run() end
     if w.interrupted() then
