@@ -41,15 +41,17 @@ describe("enrich run resumes", function()
     it("after kill -9 at " .. point .. ", without a second submit", function()
       local input = support.write("crash.csv", people(80))
       local out = support.path("out.csv")
-      local code = run({ "--provider", "tamtam", "--in", input, "--out", out }, { ENRICH_CRASH_AT = point })
+      local code = run({ "--provider", "tamtam", "--in", input, "--out", out, "--budget", "1000" },
+                       { ENRICH_CRASH_AT = point })
       assert.equal(137, code)                       -- SIGKILL
       assert.is_false(support.exists(out))
       local before = support.stats(sim, "tamtam").submissions
       assert.equal(point == "in_commit:2" and 0 or 1, before)
       local err
-      code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out }
+      code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out, "--budget", "1000" }
       assert.equal(0, code, err)
       all_found(out, 80)
+      assert.matches("credits 80 of 1000 %(tamtam 80%)", err)     -- counted once
       local tamtam = support.stats(sim, "tamtam")
       assert.equal(1, tamtam.submissions)
       assert.same({}, tamtam.duplicates)
