@@ -14,7 +14,7 @@ local ipairs, pairs, type, min, tonumber = ipairs, pairs, type, math.min, tonumb
 local _M = { _VERSION = "0.1.0" }
 
 -- Jobs in flight per provider; each carries up to the provider's batch size.
-_M.MAX_INFLIGHT = 16
+_M.MAX_INFLIGHT = 64
 _M.IDLE_SLEEP = 0.01       -- seconds between looks while waiting for room
 
 local W = {}
