@@ -122,6 +122,11 @@ describe("kill -9 at every crash point, then resume", function()
         if not finished1 and not RESENDS[provider] and MUST_BE_UNKNOWN[point] then
           assert.is_true(unknown > 0, "a submit on the wire when killed must end unknown" .. context)
         end
+        -- A submit on the wire went again with the same identity, and the
+        -- provider answered it with the work it had (free).
+        if not finished1 and RESENDS[provider] and MUST_BE_UNKNOWN[point] then
+          assert.is_true((stats.reused or 0) > 0, "the resend was not a replay" .. context)
+        end
         -- No provider id lost: every job the provider made is known to the
         -- store, but one per part that ended unknown; and (past the intent
         -- point) each unknown part is a job the provider really made.

@@ -187,18 +187,29 @@ local function check_open(self)
   if self.closed then error("enrich.store: the store is closed", 3) end
 end
 
+-- Sets one of the store's two timers ("commit", "check") on `sched`'s
+-- heap. A timer is in one heap at a time: one left on another loop (closed
+-- since, say) is taken off it first, or it would never fire.
+local function arm(self, which, sched, when)
+  local field, timer = which .. "_armed", self[which .. "_timer"]
+  local on = self[field]
+  if on == sched then return end
+  if on then on:cancel_timer(timer) end
+  self[field] = sched
+  sched:at(timer, when)
+end
+
 -- Hands the open batch over (if none is in flight), from the commit timer.
 function store_mt:_commit(sched)
   self.commit_armed = nil
-  if self.handed > self.done then return end     -- one in flight: _check sends this one after it
+  if self.handed > self.done then                -- one in flight: _check sends this one after it
+    return arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
+  end
   if self.queued == 0 and self.waiter_head > self.waiter_tail then return end
   self.queued = 0
   self.handed = self.w:commit(crash.due("in_commit"))
   if self.threaded then
-    if not self.check_armed then
-      self.check_armed = true
-      sched:at(self.check_timer, sched.now() + _M.CHECK_INTERVAL)
-    end
+    arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
   else
     self:_check(sched)
   end
@@ -210,8 +221,7 @@ function store_mt:_check(sched)
   local done, failures = self.w:done()
   self:_finished(done, failures, sched)
   if self.handed > self.done then                 -- still committing: look again soon
-    self.check_armed = true
-    sched:at(self.check_timer, sched.now() + _M.CHECK_INTERVAL)
+    arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
   elseif self.queued > 0 or self.waiter_head <= self.waiter_tail then  -- queued meanwhile: the next batch
     self:_commit(sched)
   end
@@ -253,10 +263,7 @@ end
 function store_mt:_add(sched, k, ...)
   self.w:add(k, ...)
   self.queued = self.queued + 1
-  if sched and not self.commit_armed then
-    self.commit_armed = true
-    sched:at(self.commit_timer, sched.now())
-  end
+  if sched then arm(self, "commit", sched, sched.now()) end
 end
 
 -- Waits until everything queued so far is durable: parks the running task
@@ -269,10 +276,7 @@ function store_mt:_durable(sched)
     local t = self.waiter_tail + 1
     self.waiter_tail = t
     self.waiters[t], self.waiter_tokens[t], self.waiter_seqs[t] = task, token, seq
-    if not self.commit_armed then
-      self.commit_armed = true
-      sched:at(self.commit_timer, sched.now())
-    end
+    arm(self, "commit", sched, sched.now())
     local ok = sched:park()
     if ok == true then return true end
     return nil, ok
@@ -343,7 +347,7 @@ end
 function store_mt:intent(job, part)
   check_open(self)
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   -- The job's snapshot goes with its first intent: every part still holds
   -- its inputs then. Later parts add their intents only.
   local first = not self.recorded[job]
@@ -379,7 +383,7 @@ end
 function store_mt:accepted(job, part)
   check_open(self)
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   local state, err = part_state_json(part)
   if not state then
     return nil, store.error("cannot record the provider id: " .. tostring(err), { reason = "encode" })
@@ -398,7 +402,7 @@ end
 function store_mt:changed(job)
   if self.closed then return end
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   self:_add(sched, S_STATE, job.uid, job.state, job.updated_at)
 end
 
@@ -406,7 +410,7 @@ end
 function store_mt:finished(job)
   if self.closed then return end
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   local sjson, err = snapshot_json(job)
   if not sjson then
     self.error = store.error("cannot record the results of " .. tostring(job.uid) .. ": " .. tostring(err),
@@ -539,10 +543,8 @@ function store_mt:close()
   local ok, err = true, nil
   if self.queued > 0 or self.handed > self.done then ok, err = self:flush() end
   self.closed = true
-  if self.sched then
-    self.sched:cancel_timer(self.commit_timer)
-    self.sched:cancel_timer(self.check_timer)
-  end
+  if self.commit_armed then self.commit_armed:cancel_timer(self.commit_timer) end
+  if self.check_armed then self.check_armed:cancel_timer(self.check_timer) end
   self.w:close()
   self.db:close()
   return ok, err
