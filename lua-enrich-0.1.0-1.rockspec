@@ -34,7 +34,7 @@ test_dependencies = {
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
-  CSV = { header = "csv.h", library = "csv" },                -- libcsv (Debian libcsv-dev)
+  CSV = { library = "csv" },                                  -- libcsv (Debian libcsv-dev)
 }
 build = {
   type = "builtin",
