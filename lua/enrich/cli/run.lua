@@ -80,8 +80,7 @@ local function run(argv, out, err)
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
   local groups, _, row_keys = dedupe.group(recs)
-  local clients = (not o.dry_run) and true or nil  -- keys are checked before the store is touched
-  if clients then
+  if not o.dry_run then                     -- keys are checked before the store is touched
     for _, name in ipairs(o.providers) do
       local v = getenv(env_name(name, "API_KEY"))
       if not v or v == "" then usage(env_name(name, "API_KEY") .. " is not set (the key for " .. name .. ")") end
