@@ -25,6 +25,7 @@ description = {
 dependencies = {
   "lua >= 5.1, < 5.5",
   "lua-cjson >= 2.1.0",
+  "argparse",
 }
 test_dependencies = {
   "busted >= 2.0",
@@ -45,17 +46,28 @@ test_dependencies = {
 external_dependencies = {
   CURL = { library = "curl" },
   SQLITE = { library = "sqlite3" },
+  CSV = { library = "csv" },                                  -- libcsv (Debian libcsv-dev)
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/result.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/result.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "sqlite3", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "csv", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)" },
     },
+    ["enrich.cli.answers"] = "lua/enrich/cli/answers.lua",
+    ["enrich.cli.args"] = "lua/enrich/cli/args.lua",
+    ["enrich.cli.budget"] = "lua/enrich/cli/budget.lua",
+    ["enrich.cli.csvio"] = "lua/enrich/cli/csvio.lua",
+    ["enrich.cli.dedupe"] = "lua/enrich/cli/dedupe.lua",
+    ["enrich.cli.progress"] = "lua/enrich/cli/progress.lua",
+    ["enrich.cli.records"] = "lua/enrich/cli/records.lua",
+    ["enrich.cli.run"] = "lua/enrich/cli/run.lua",
+    ["enrich.cli.state"] = "lua/enrich/cli/state.lua",
+    ["enrich.cli.waterfall"] = "lua/enrich/cli/waterfall.lua",
     ["enrich.client"] = "lua/enrich/client.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
     ["enrich.errors"] = "lua/enrich/errors.lua",
@@ -92,7 +104,7 @@ build = {
     ["enrich.testing"] = "lua/enrich/testing.lua",
   },
   install = {
-    bin = { ["enrich-sim"] = "bin/enrich-sim" },
+    bin = { ["enrich"] = "bin/enrich", ["enrich-sim"] = "bin/enrich-sim" },
   },
 }
 test = { type = "busted" }
