@@ -39,6 +39,8 @@ local function shared_state(spec, key, rate, explicit)
   elseif explicit then
     s.bucket = ratelimit.new(rate.per_second, rate.burst)
   end
+  -- An explicit rate is the caller's plan: rate headers do not move it.
+  if explicit and s.bucket then s.bucket.fixed = true end
   return s
 end
 

@@ -119,4 +119,17 @@ function _M.headers_hint(headers, wall)
   return rate, allowance
 end
 
+--- Every answer (the core's completion record `c`) passes here once: a 429
+--- throttles the bucket, rate headers hint it (`read_hint(headers, wall)`,
+--- a provider's spec.rate_hint, replaces headers_hint). A bucket the caller
+--- set explicitly (`fixed`: the client's `rate` option) takes no hints: the
+--- caller knows the plan; a 429 still slows it down.
+function _M.observe(bucket, c, now, read_hint)
+  if not bucket or not c.status then return end
+  if c.status == 429 then bucket:throttled(now) end
+  if bucket.fixed then return end
+  local rate, allowance = (read_hint or _M.headers_hint)(c.headers, os.time())
+  if rate then bucket:hint(rate, allowance, now) end
+end
+
 return _M

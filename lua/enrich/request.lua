@@ -9,6 +9,7 @@
 local cjson = require "cjson.safe"
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
+local ratelimit = require "enrich.ratelimit"
 
 local type, tostring, pairs, ipairs, sort, concat, format, byte =
   type, tostring, pairs, ipairs, table.sort, table.concat, string.format, string.byte
@@ -126,7 +127,9 @@ function ctx_mt:call(req)
     transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout
     transfer.max_body = client.max_body
     transfer.fresh_connect = not idempotent or nil
-    local res, err = classify(self, self.sched:transfer(transfer, host), req)
+    local c = self.sched:transfer(transfer, host)
+    ratelimit.observe(client.shared.bucket, c, self.sched.now(), client.spec.rate_hint)
+    local res, err = classify(self, c, req)
     if res then return res end
     client:observe(err)
     if not err.retryable then return nil, err end
