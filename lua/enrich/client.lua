@@ -6,6 +6,7 @@ local providers = require "enrich.providers"
 local ratelimit = require "enrich.ratelimit"
 local job = require "enrich.job"
 local scheduler = require "enrich.scheduler"
+local coalesce = require "enrich.coalesce"
 
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
 
@@ -20,6 +21,7 @@ local NO_OPTIONS = setmetatable({}, { __newindex = function() error("submit opti
 local OPTIONS = {
   api_key = "string", base_url = "string", poll = "table", retry = "table",
   rate = "table", timeout = "number", connect_timeout = "number", max_body = "number",
+  coalesce = "table",          -- or false (enrich.coalesce)
 }
 
 -- Per (provider, key): the rate limit bucket and the "out of credits" stop,
@@ -50,7 +52,9 @@ function _M.new(sched, name_or_spec, opts)
   if type(opts) ~= "table" then error("enrich.client: options must be a table", 3) end
   for k, v in pairs(opts) do
     if not OPTIONS[k] then error("enrich.client: unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= OPTIONS[k] then error("enrich.client: '" .. k .. "' must be a " .. OPTIONS[k], 3) end
+    if type(v) ~= OPTIONS[k] and not (k == "coalesce" and v == false) then
+      error("enrich.client: '" .. k .. "' must be a " .. OPTIONS[k], 3)
+    end
   end
   local spec, msg
   if type(name_or_spec) == "string" then
@@ -101,6 +105,8 @@ function _M.new(sched, name_or_spec, opts)
     return s
   end
   c.shared = shared_state(spec, key, rate, opts.rate ~= nil)
+  -- Submits to a batch provider are gathered into shared requests.
+  c.spec = coalesce.wrap(c, spec, opts.coalesce)
   return c
 end
 

@@ -1,0 +1,392 @@
+-- Coalescing: single submits gathered into provider batches (DESIGN.md,
+-- "Batching single jobs"; issue 16).
+--
+-- Many callers submit one person at a time. A client of a provider whose
+-- one request carries several inputs (spec.batch_size > 1) gathers the
+-- parts of submits with the same options that arrive within `window`
+-- seconds, up to the batch size, into one provider request: a *batch*.
+--
+-- How, in one module and without flags across the engine: the client's
+-- spec is wrapped in a *view* (coalesce.wrap). The engine runs every job as
+-- before — its own parts, its own poll timer, its own store hooks, its own
+-- state, results and custom — and calls the view's submit, check and
+-- cancel for each part:
+--
+--   submit(ctx, part)  a part smaller than the batch size joins the open
+--                      batch of its options (a full one, or the window's
+--                      end, seals it) and parks its task; the batch's own
+--                      step sends ONE provider request with every member's
+--                      inputs, then wakes each member with the shared
+--                      provider id (or the shared error). A full-size part
+--                      goes alone, as without coalescing. Inputs were
+--                      checked by client:submit, so a bad input never joins.
+--   check(ctx, part)   the first member due to poll checks the batch with
+--                      one provider request; members polling while that
+--                      check runs wait for it, and those due soon after it
+--                      (within half the last gap between checks) take its
+--                      answer. Once the batch is terminal each member takes
+--                      its slice of the items (offset, count: its inputs'
+--                      positions in the shared request), the shared error,
+--                      and its share of the credits; the other members'
+--                      timers are brought forward, so they end with it.
+--   cancel(ctx, part)  a member leaves the batch (the engine ends the job
+--                      locally); the provider's cancel runs only when no
+--                      live member is left. Members cancelled while the
+--                      batch is still gathering are not sent at all.
+--
+-- The store: the engine records each member's intent in the before_send of
+-- the shared submit (a fan-out over the batch's members, below), its
+-- accepted id when its view.submit returns, and each member's own changes
+-- and results. A member part keeps `offset` and `batch_count` (provider
+-- state: snapshots keep them), so a resumed member reads its own slice:
+-- a part that kept its inputs is checked on them (the mappings correlate by
+-- content: instaview by profileId, parsetx by echo, lance by person), one
+-- that dropped them (tamtam) by position in the shared request.
+--
+-- Off for puffle by default: its idempotency key names one run, and a
+-- resumed member could not resend its share under it without paying twice.
+local errors = require "enrich.errors"
+local request = require "enrich.request"
+
+local type, pairs, ipairs, tostring, setmetatable, pcall, error, sort, concat, floor, max =
+  type, pairs, ipairs, tostring, setmetatable, pcall, error, table.sort, table.concat, math.floor, math.max
+local co_running = coroutine.running
+
+local _M = { _VERSION = "0.1.0" }
+
+_M.DEFAULT_WINDOW = 0.05                 -- seconds
+_M.MAX_WINDOW = 10
+-- Providers that take batches but are not coalesced unless asked (see above).
+_M.NOT_BY_DEFAULT = { puffle = true }
+
+local BILLED = { found = true, not_found = true }
+
+-- The options that must be equal for submits to share a request.
+local function signature(opts)
+  local keys = {}
+  for k, v in pairs(opts) do
+    if type(v) == "table" or type(v) == "function" or type(v) == "userdata" then return nil end
+    keys[#keys + 1] = tostring(k) .. "=" .. type(v) .. ":" .. tostring(v)
+  end
+  sort(keys)
+  return concat(keys, "\0")
+end
+
+-- Wakes every task parked on `list` (once each) and empties it.
+local function wake_list(sched, list)
+  for i = 1, #list do
+    local co = list[i]
+    list[i] = nil
+    sched:wake(co, true)
+  end
+end
+
+-- The store the shared submit's ctx sees: intent() records every live
+-- member's intent (a failure stops the send: the batch fails, every
+-- member with it); the other hooks belong to the members' own jobs.
+local function fanout_store(store, batch)
+  return {
+    intent = function(_, _, _)
+      for _, m in ipairs(batch.members) do
+        if store.intent then
+          local ok, err = store:intent(m.job, m.part)
+          if not ok then return nil, err end
+        end
+      end
+      return true
+    end,
+    accepted = function() return true end,
+    changed = function() end,
+    finished = function() end,
+  }
+end
+
+-- Splits `total` credits over the members in proportion to their billed
+-- items (found / not_found), else to their counts; largest remainders, so
+-- the shares add up to the total.
+local function share_credits(batch)
+  local total = batch.part.credits
+  if not total then return end
+  local items = batch.part.items or {}
+  local weights, sum = {}, 0
+  for i, m in ipairs(batch.all) do
+    local w = 0
+    for k = 1, m.count do
+      local it = items[m.offset + k]
+      if it and BILLED[it.status] then w = w + 1 end
+    end
+    weights[i], sum = w, sum + w
+  end
+  if sum == 0 then
+    for i, m in ipairs(batch.all) do weights[i] = m.count; sum = sum + m.count end
+  end
+  local given, rest = 0, {}
+  for i, m in ipairs(batch.all) do
+    local exact = total * weights[i] / sum
+    m.credits = floor(exact)
+    given = given + m.credits
+    rest[#rest + 1] = { i = i, r = exact - m.credits }
+  end
+  sort(rest, function(a, b) if a.r ~= b.r then return a.r > b.r end return a.i < b.i end)
+  local left = total - given
+  for j = 1, #rest do
+    if left < 1 then break end
+    local m = batch.all[rest[j].i]
+    m.credits = m.credits + 1
+    left = left - 1
+  end
+end
+
+--- Wraps `spec` for `client` per its `coalesce` option (nil: the default,
+--- false: off, { window = s }: on). Returns the spec the client uses.
+function _M.wrap(client, spec, opt)
+  if opt == false then return spec end
+  local window = _M.DEFAULT_WINDOW
+  if opt ~= nil then
+    if type(opt) ~= "table" then error("enrich.client: 'coalesce' must be false or a table", 4) end
+    for k in pairs(opt) do
+      if k ~= "window" then error("enrich.client: unknown coalesce option '" .. tostring(k) .. "'", 4) end
+    end
+    if opt.window ~= nil then
+      if type(opt.window) ~= "number" or opt.window ~= opt.window or opt.window < 0 or opt.window > _M.MAX_WINDOW then
+        error("enrich.client: coalesce.window must be a number of seconds from 0 to " .. _M.MAX_WINDOW, 4)
+      end
+      window = opt.window
+    end
+  elseif _M.NOT_BY_DEFAULT[spec.name] or spec.coalesce == false then
+    return spec
+  end
+  local size = spec.batch_size or 1
+  if size <= 1 then return spec end      -- one input per request: nothing to gather
+
+  local sched = client.sched
+  local open = {}                        -- options signature -> the batch gathering
+  local by_id = {}                       -- provider id -> batch sent, not yet fully delivered
+  local view = setmetatable({ coalescing = { window = window, open = open, by_id = by_id } },
+                            { __index = spec })
+  local seq = 0
+
+  -- A ctx for the batch's own requests: the members' client and options;
+  -- its store (when there is one) fans intent() out to every member.
+  local function batch_ctx(batch)
+    local c = client
+    if client.store then c = setmetatable({ store = fanout_store(client.store, batch) }, { __index = client }) end
+    local pseudo = { opts = batch.opts, provider = spec.name, batch = true }
+    local ctx = request.new(c, pseudo)
+    ctx.job = pseudo
+    return ctx
+  end
+
+  local function send(batch)
+    -- Members cancelled while the batch gathered drop out; the rest are
+    -- packed in arrival order.
+    local live, inputs, n = {}, {}, 0
+    for _, m in ipairs(batch.members) do
+      if not m.job:done() then
+        m.offset = n
+        local src = m.part.inputs
+        for k = 1, m.count do inputs[n + k] = src[k] end
+        n = n + m.count
+        live[#live + 1] = m
+      end
+    end
+    batch.members, batch.all = live, live
+    if n == 0 then
+      batch.state = "done"
+      batch.err = errors.new("cancelled", "every job of the batch was cancelled", { provider = spec.name })
+      return wake_list(sched, batch.waiters)
+    end
+    for _, m in ipairs(live) do m.part.offset, m.part.batch_count = m.offset, n end
+    batch.part = { inputs = inputs, count = n }
+    batch.live = #live
+    batch.state = "sending"
+    local ok, id, err = pcall(spec.submit, batch_ctx(batch), batch.part)
+    if not ok then
+      err = errors.new("protocol", "provider mapping failed: " .. tostring(id):match("^[^\n]*"),
+                       { provider = spec.name })
+      id = nil
+    end
+    if id then
+      batch.id, batch.state = id, "sent"
+      batch.part.id = id
+      by_id[id] = batch
+      batch.undelivered = #live
+      if spec.keep_inputs == false then batch.part.inputs = nil end
+    else
+      batch.err, batch.state = err, "done"
+    end
+    return wake_list(sched, batch.waiters)
+  end
+
+  local function seal(batch)
+    if batch.sealed then return end
+    batch.sealed = true
+    if open[batch.key] == batch then open[batch.key] = nil end
+    sched:cancel_timer(batch.timer)
+    sched:step_task(send, batch, {
+      on_error = function(msg)           -- send() catches the mapping; this is a bug of ours
+        batch.err = errors.new("protocol", "coalesce: " .. tostring(msg):match("^[^\n]*"), { provider = spec.name })
+        batch.state = "done"
+        wake_list(sched, batch.waiters)
+      end,
+    }, client.host)
+  end
+
+  function view.submit(ctx, part)
+    local key = signature(ctx.opts or {})
+    if part.count >= size or not key or not co_running() then return spec.submit(ctx, part) end
+    part.offset, part.batch_count = nil, nil   -- a resent part joins afresh
+    local batch = open[key]
+    if batch and batch.size + part.count > size then seal(batch); batch = nil end
+    if not batch then
+      seq = seq + 1
+      batch = { key = key, opts = ctx.opts, members = {}, size = 0, state = "open", waiters = {},
+                check_waiters = {}, seq = seq }
+      batch.timer = { on_timer = function() seal(batch) end }
+      open[key] = batch
+      sched:at(batch.timer, sched.now() + window)
+    end
+    local m = { job = ctx.job, part = part, offset = batch.size, count = part.count }
+    batch.members[#batch.members + 1] = m
+    batch.size = batch.size + part.count
+    batch.waiters[#batch.waiters + 1] = co_running()
+    if batch.size >= size then seal(batch) end
+    sched:park()                                 -- woken once, by send()
+    if batch.id then
+      m.part = part                              -- the engine may have swapped tables; ours is current
+      return batch.id
+    end
+    return nil, batch.err
+  end
+
+  -- The member of `batch` a part belongs to (by its offset).
+  local function member_of(batch, part)
+    for _, m in ipairs(batch.all) do
+      if m.offset == part.offset then return m end
+    end
+  end
+
+  -- Brings the other members' next poll forward to now.
+  local function hurry(batch, except)
+    local t = sched.now()
+    for _, m in ipairs(batch.all) do
+      if m ~= except and not m.delivered and not m.cancelled and not m.job:done() then
+        if sched:cancel_timer(m.job) then sched:at(m.job, t) end
+      end
+    end
+  end
+
+  -- One provider check of the whole batch, by the member `m`'s task.
+  local function check_batch(batch, m)
+    batch.checking = true
+    local bp = batch.part
+    bp.items = bp.items or {}
+    local ok, terminal, err = pcall(spec.check, batch_ctx(batch), bp)
+    batch.checking = false
+    local t = sched.now()
+    if batch.checked_at then batch.gap = t - batch.checked_at end
+    batch.checked_at = t
+    if not ok then
+      batch.check_err = nil
+      wake_list(sched, batch.check_waiters)
+      error(terminal, 0)                         -- the engine fails this job's step, as without coalescing
+    end
+    if err and not err.retryable then
+      bp.error, terminal = err, true
+    end
+    batch.check_err = err and err.retryable and err or nil
+    if terminal then
+      batch.state = "done"
+      share_credits(batch)
+      hurry(batch, m)
+    end
+    wake_list(sched, batch.check_waiters)
+  end
+
+  -- Hands the member its slice of a terminal batch.
+  local function deliver(batch, m, part)
+    local bp = batch.part
+    local items = bp.items or {}
+    part.items = part.items or {}
+    for k = 1, m.count do part.items[k] = items[m.offset + k] end
+    part.error = bp.error
+    part.credits = m.credits
+    part.raw = bp.raw
+    if not m.delivered then
+      m.delivered = true
+      batch.undelivered = batch.undelivered - 1
+      if batch.undelivered <= 0 then by_id[batch.id] = nil end
+    end
+    return true
+  end
+
+  -- A part from a snapshot (no batch in memory): see the top of the file.
+  local function check_resumed(ctx, part)
+    if part.inputs then return spec.check(ctx, part) end
+    local whole = { id = part.id, count = part.batch_count, items = {} }
+    local terminal, err = spec.check(ctx, whole)
+    if terminal then
+      part.items = part.items or {}
+      for k = 1, part.count do part.items[k] = whole.items[part.offset + k] end
+      part.error, part.raw = whole.error, whole.raw
+      if whole.credits and whole.count > 0 then
+        part.credits = floor(whole.credits * part.count / whole.count + 0.5)
+      end
+    end
+    part.retry_after = whole.retry_after
+    return terminal, err
+  end
+
+  function view.check(ctx, part)
+    local batch = part.offset and by_id[part.id]
+    local m = batch and member_of(batch, part)
+    if not m then
+      if part.offset and part.batch_count then return check_resumed(ctx, part) end
+      return spec.check(ctx, part)
+    end
+    m.part = part
+    if batch.state ~= "done" then
+      if batch.checking then
+        batch.check_waiters[#batch.check_waiters + 1] = co_running()
+        sched:park()                             -- woken once, when that check is over
+      else
+        local fresh = 0.5 * max(batch.gap or 0, client.poll.interval or 0)
+        if not (batch.checked_at and sched.now() - batch.checked_at < fresh) then check_batch(batch, m) end
+      end
+    end
+    part.retry_after = batch.part.retry_after
+    if batch.state == "done" then return deliver(batch, m, part) end
+    if batch.check_err then return nil, batch.check_err end
+    return false
+  end
+
+  function view.cancel(ctx, part)
+    local batch = part.offset and by_id[part.id]
+    local m = batch and member_of(batch, part)
+    if not m then
+      if spec.cancel then return spec.cancel(ctx, part) end
+      return true
+    end
+    if m.cancelled then return true end
+    m.cancelled = true
+    batch.live = batch.live - 1
+    if not m.delivered then
+      m.delivered = true
+      batch.undelivered = batch.undelivered - 1
+      if batch.undelivered <= 0 then by_id[batch.id] = nil end
+    end
+    if batch.live <= 0 and spec.cancel and batch.state ~= "done" then
+      local bp = batch.part
+      bp.items = bp.items or {}
+      return spec.cancel(batch_ctx(batch), bp)
+    end
+    return true
+  end
+
+  return view
+end
+
+--- True when `client` coalesces its submits.
+function _M.enabled(client) return client.spec.coalescing ~= nil end
+
+return _M
