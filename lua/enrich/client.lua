@@ -162,7 +162,9 @@ function client_mt:submit(inputs, opts)
   end
   local blocked = self:blocked()
   if blocked then return nil, blocked end
-  return job.new(self, inputs, prepared, opts):start()
+  local j = job.new(self, inputs, prepared, opts)
+  if self.spec.coalescing then self.spec.coalescing.join(j) end   -- enrich.coalesce
+  return j:start()
 end
 
 return _M

@@ -162,9 +162,12 @@ function _M.wrap(client, spec, opt)
   local sched = client.sched
   local open = {}                        -- options signature -> the batch gathering
   local by_id = {}                       -- provider id -> batch sent, not yet fully delivered
-  local view = setmetatable({ coalescing = { window = window, open = open, by_id = by_id } },
+  -- Counters for benches and curious callers: shared requests sent, the
+  -- inputs they carried, and how many were sealed by the window (not full).
+  local stats = { batches = 0, inputs = 0, by_window = 0 }
+  local view = setmetatable({ coalescing = { window = window, open = open, by_id = by_id, stats = stats } },
                             { __index = spec })
-  local seq = 0
+  local joined = setmetatable({}, { __mode = "k" })   -- part -> member, until its submit step
 
   -- A ctx for the batch's own requests: the members' client and options;
   -- its store (when there is one) fans intent() out to every member.
@@ -176,6 +179,27 @@ function _M.wrap(client, spec, opt)
     ctx.job = pseudo
     return ctx
   end
+
+  -- A member still waiting for its share: not cancelled, not delivered,
+  -- its job not over.
+  local function waiting(m) return not (m.cancelled or m.delivered or m.job:done()) end
+  local function live_member(batch)
+    for _, m in ipairs(batch.all) do if waiting(m) then return m end end
+  end
+  -- A batch nobody waits on leaves the index.
+  local function forget_if_over(batch)
+    if not live_member(batch) then by_id[batch.id] = nil end
+  end
+  -- The provider's cancel of the whole request: once, and only when no
+  -- job is left in it.
+  local function cancel_batch(batch, ctx)
+    if batch.cancel_sent or not spec.cancel or batch.state == "done" then return true end
+    batch.cancel_sent = true
+    local bp = batch.part
+    bp.items = bp.items or {}
+    return spec.cancel(ctx or batch_ctx(batch), bp)
+  end
+
 
   local function send(batch)
     -- Members cancelled while the batch gathered drop out; the rest are
@@ -191,14 +215,16 @@ function _M.wrap(client, spec, opt)
       end
     end
     batch.members, batch.all = live, live
-    if n == 0 then
+    local blocked = client:blocked()
+    if n == 0 or blocked then
       batch.state = "done"
-      batch.err = errors.new("cancelled", "every job of the batch was cancelled", { provider = spec.name })
+      batch.err = blocked or errors.new("cancelled", "every job of the batch was cancelled", { provider = spec.name })
       return wake_list(sched, batch.waiters)
     end
     for _, m in ipairs(live) do m.part.offset, m.part.batch_count = m.offset, n end
     batch.part = { inputs = inputs, count = n }
-    batch.live = #live
+    stats.batches, stats.inputs = stats.batches + 1, stats.inputs + n
+    if batch.by_window then stats.by_window = stats.by_window + 1 end
     batch.state = "sending"
     local ok, id, err = pcall(spec.submit, batch_ctx(batch), batch.part)
     if not ok then
@@ -210,8 +236,12 @@ function _M.wrap(client, spec, opt)
       batch.id, batch.state = id, "sent"
       batch.part.id = id
       by_id[id] = batch
-      batch.undelivered = #live
       if spec.keep_inputs == false then batch.part.inputs = nil end
+      -- Every job cancelled meanwhile, none to take its id: cancel it now.
+      if not live_member(batch) then
+        by_id[id] = nil
+        pcall(cancel_batch, batch)
+      end
     else
       batch.err, batch.state = err, "done"
     end
@@ -232,30 +262,50 @@ function _M.wrap(client, spec, opt)
     }, client.host)
   end
 
-  function view.submit(ctx, part)
-    local key = signature(ctx.opts or {})
-    if part.count >= size or not key or not co_running() then return spec.submit(ctx, part) end
-    part.offset, part.batch_count = nil, nil   -- a resent part joins afresh
+  -- Adds `part` of `job` to the open batch of its options (opening one,
+  -- sealing a full one). Returns the member, or nil when the part goes alone.
+  local function join(job, part, opts)
+    local key = signature(opts or {})
+    if part.count >= size or not key then return nil end
+    part.offset, part.batch_count = nil, nil     -- a resent part joins afresh
     local batch = open[key]
     if batch and batch.size + part.count > size then seal(batch); batch = nil end
     if not batch then
-      seq = seq + 1
-      batch = { key = key, opts = ctx.opts, members = {}, size = 0, state = "open", waiters = {},
-                check_waiters = {}, seq = seq }
-      batch.timer = { on_timer = function() seal(batch) end }
+      batch = { key = key, opts = opts, members = {}, size = 0, state = "open", waiters = {},
+                check_waiters = {} }
+      batch.timer = { on_timer = function() batch.by_window = true; seal(batch) end }
       open[key] = batch
       sched:at(batch.timer, sched.now() + window)
     end
-    local m = { job = ctx.job, part = part, offset = batch.size, count = part.count }
+    local m = { job = job, part = part, offset = batch.size, count = part.count, batch = batch }
     batch.members[#batch.members + 1] = m
     batch.size = batch.size + part.count
-    batch.waiters[#batch.waiters + 1] = co_running()
+    joined[part] = m
     if batch.size >= size then seal(batch) end
-    sched:park()                                 -- woken once, by send()
-    if batch.id then
-      m.part = part                              -- the engine may have swapped tables; ours is current
-      return batch.id
+    return m
+  end
+
+  --- client:submit calls this for a new job, before it starts: its parts
+  --- join batches at once (their submit steps may start later, behind a
+  --- host's busy slots, and must not leave the batches half empty).
+  function view.coalescing.join(job)
+    for _, part in ipairs(job.parts) do join(job, part, job.opts) end
+  end
+
+  function view.submit(ctx, part)
+    local m = joined[part]
+    if not m then
+      if not co_running() then return spec.submit(ctx, part) end
+      m = join(ctx.job, part, ctx.opts)          -- a part resent (a resumed job's, say)
+      if not m then return spec.submit(ctx, part) end
     end
+    joined[part] = nil
+    local batch = m.batch
+    if batch.state == "open" or batch.state == "sending" then
+      batch.waiters[#batch.waiters + 1] = co_running()
+      sched:park()                               -- woken once, by send()
+    end
+    if batch.id then return batch.id end
     return nil, batch.err
   end
 
@@ -270,7 +320,7 @@ function _M.wrap(client, spec, opt)
   local function hurry(batch, except)
     local t = sched.now()
     for _, m in ipairs(batch.all) do
-      if m ~= except and not m.delivered and not m.cancelled and not m.job:done() then
+      if m ~= except and waiting(m) then
         if sched:cancel_timer(m.job) then sched:at(m.job, t) end
       end
     end
@@ -312,11 +362,8 @@ function _M.wrap(client, spec, opt)
     part.error = bp.error
     part.credits = m.credits
     part.raw = bp.raw
-    if not m.delivered then
-      m.delivered = true
-      batch.undelivered = batch.undelivered - 1
-      if batch.undelivered <= 0 then by_id[batch.id] = nil end
-    end
+    m.delivered = true
+    forget_if_over(batch)
     return true
   end
 
@@ -369,17 +416,8 @@ function _M.wrap(client, spec, opt)
     end
     if m.cancelled then return true end
     m.cancelled = true
-    batch.live = batch.live - 1
-    if not m.delivered then
-      m.delivered = true
-      batch.undelivered = batch.undelivered - 1
-      if batch.undelivered <= 0 then by_id[batch.id] = nil end
-    end
-    if batch.live <= 0 and spec.cancel and batch.state ~= "done" then
-      local bp = batch.part
-      bp.items = bp.items or {}
-      return spec.cancel(batch_ctx(batch), bp)
-    end
+    forget_if_over(batch)
+    if not live_member(batch) then return cancel_batch(batch) end
     return true
   end
 
