@@ -50,7 +50,6 @@ local request = require "enrich.request"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, sort, concat, floor, max =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, table.sort, table.concat, math.floor, math.max
-local co_running = coroutine.running
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -72,33 +71,21 @@ local function signature(opts)
   return concat(keys, "\0")
 end
 
--- Wakes every task parked on `list` (once each) and empties it.
-local function wake_list(sched, list)
-  for i = 1, #list do
-    local co = list[i]
-    list[i] = nil
-    sched:wake(co, true)
-  end
+-- Parks the running task on `list` until wake_list.
+local function park_on(sched, list)
+  local task, token = sched:waker()
+  list[#list + 1], list[#list + 2] = task, token
+  return sched:park()
 end
 
--- The store the shared submit's ctx sees: intent() records every live
--- member's intent (a failure stops the send: the batch fails, every
--- member with it); the other hooks belong to the members' own jobs.
-local function fanout_store(store, batch)
-  return {
-    intent = function(_, _, _)
-      for _, m in ipairs(batch.members) do
-        if store.intent then
-          local ok, err = store:intent(m.job, m.part)
-          if not ok then return nil, err end
-        end
-      end
-      return true
-    end,
-    accepted = function() return true end,
-    changed = function() end,
-    finished = function() end,
-  }
+-- Wakes every task parked on `list` (a wake with a stale token is dropped
+-- by the loop) and empties it.
+local function wake_list(sched, list)
+  for i = 1, #list, 2 do
+    local task, token = list[i], list[i + 1]
+    list[i], list[i + 1] = nil, nil
+    sched:wake(task, token, true)
+  end
 end
 
 -- Splits `total` credits over the members in proportion to their billed
@@ -169,15 +156,10 @@ function _M.wrap(client, spec, opt)
                             { __index = spec })
   local joined = setmetatable({}, { __mode = "k" })   -- part -> member, until its submit step
 
-  -- A ctx for the batch's own requests: the members' client and options;
-  -- its store (when there is one) fans intent() out to every member.
+  -- A ctx for the batch's own requests: the members' client and options.
   local function batch_ctx(batch)
-    local c = client
-    if client.store then c = setmetatable({ store = fanout_store(client.store, batch) }, { __index = client }) end
-    local pseudo = { opts = batch.opts, provider = spec.name, batch = true }
-    local ctx = request.new(c, pseudo)
-    ctx.job = pseudo
-    return ctx
+    local pseudo = { opts = batch.opts, provider = spec.name, uid = "batch" }
+    return request.new(client, pseudo)
   end
 
   -- A member still waiting for its share: not cancelled, not delivered,
@@ -226,11 +208,37 @@ function _M.wrap(client, spec, opt)
     stats.batches, stats.inputs = stats.batches + 1, stats.inputs + n
     if batch.by_window then stats.by_window = stats.by_window + 1 end
     batch.state = "sending"
-    local ok, id, err = pcall(spec.submit, batch_ctx(batch), batch.part)
+    local ctx = batch_ctx(batch)
+    -- As the engine's submit (job.lua submit_part): not resent unless the
+    -- provider says so; every member's intent recorded before the first
+    -- byte goes (the store may yield); a 2xx without an id is never resent.
+    ctx.submitting, ctx.answered = batch.part, false
+    local store = client.store
+    if store and store.intent then
+      ctx.before_send = function()
+        for _, m in ipairs(live) do
+          local ok, err = store:intent(m.job, m.part)
+          if not ok then return nil, err end
+        end
+        return true
+      end
+    end
+    local ok, id, err = pcall(spec.submit, ctx, batch.part)
     if not ok then
       err = errors.new("protocol", "provider mapping failed: " .. tostring(id):match("^[^\n]*"),
                        { provider = spec.name })
       id = nil
+    elseif id ~= nil and (type(id) ~= "string" or id == "") then
+      err = errors.new("protocol", "the provider's submit returned a " .. type(id) .. " id, not a string",
+                       { provider = spec.name })
+      id = nil
+    elseif id == nil and not errors.is(err) then
+      err = errors.new("protocol", "the provider's submit returned no id and no enrich error",
+                       { provider = spec.name })
+    end
+    if not id and ctx.answered and err.code ~= "unknown" then
+      err.retryable = false
+      err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
     end
     if id then
       batch.id, batch.state = id, "sent"
@@ -248,18 +256,23 @@ function _M.wrap(client, spec, opt)
     return wake_list(sched, batch.waiters)
   end
 
+  local SEND = {
+    run = send,
+    failed = function(msg, batch)        -- send() guards the mapping: this is a bug of ours
+      batch.err = errors.new("protocol", "coalesce: " .. tostring(msg):match("^[^\n]*"), { provider = spec.name })
+      batch.state = "done"
+      wake_list(sched, batch.waiters)
+    end,
+  }
+
   local function seal(batch)
     if batch.sealed then return end
     batch.sealed = true
     if open[batch.key] == batch then open[batch.key] = nil end
     sched:cancel_timer(batch.timer)
-    sched:step_task(send, batch, {
-      on_error = function(msg)           -- send() catches the mapping; this is a bug of ours
-        batch.err = errors.new("protocol", "coalesce: " .. tostring(msg):match("^[^\n]*"), { provider = spec.name })
-        batch.state = "done"
-        wake_list(sched, batch.waiters)
-      end,
-    }, client.host)
+    -- A step of its own, outside the key's lane: the members' submit
+    -- steps may fill that lane, parked until this one has sent.
+    sched:start(SEND, batch)
   end
 
   -- Adds `part` of `job` to the open batch of its options (opening one,
@@ -295,15 +308,15 @@ function _M.wrap(client, spec, opt)
   function view.submit(ctx, part)
     local m = joined[part]
     if not m then
-      if not co_running() then return spec.submit(ctx, part) end
+      if not sched:current() then return spec.submit(ctx, part) end
       m = join(ctx.job, part, ctx.opts)          -- a part resent (a resumed job's, say)
       if not m then return spec.submit(ctx, part) end
     end
     joined[part] = nil
     local batch = m.batch
-    if batch.state == "open" or batch.state == "sending" then
-      batch.waiters[#batch.waiters + 1] = co_running()
-      sched:park()                               -- woken once, by send()
+    for _ = 1, 1000 do                           -- bounded; send() wakes every waiter once
+      if not (batch.state == "open" or batch.state == "sending") then break end
+      park_on(sched, batch.waiters)
     end
     if batch.id then return batch.id end
     return nil, batch.err
@@ -331,8 +344,11 @@ function _M.wrap(client, spec, opt)
     batch.checking = true
     local bp = batch.part
     bp.items = bp.items or {}
-    local ok, terminal, err = pcall(spec.check, batch_ctx(batch), bp)
+    local ctx = batch_ctx(batch)
+    local ok, terminal, err = pcall(spec.check, ctx, bp)
     batch.checking = false
+    batch.retry_after = ctx.retry_after or bp.retry_after
+    bp.retry_after = nil
     local t = sched.now()
     if batch.checked_at then batch.gap = t - batch.checked_at end
     batch.checked_at = t
@@ -372,6 +388,7 @@ function _M.wrap(client, spec, opt)
     if part.inputs then return spec.check(ctx, part) end
     local whole = { id = part.id, count = part.batch_count, items = {} }
     local terminal, err = spec.check(ctx, whole)
+    if whole.retry_after then ctx.retry_after = ctx.retry_after or whole.retry_after end
     if terminal then
       part.items = part.items or {}
       for k = 1, part.count do part.items[k] = whole.items[part.offset + k] end
@@ -380,7 +397,6 @@ function _M.wrap(client, spec, opt)
         part.credits = floor(whole.credits * part.count / whole.count + 0.5)
       end
     end
-    part.retry_after = whole.retry_after
     return terminal, err
   end
 
@@ -394,14 +410,13 @@ function _M.wrap(client, spec, opt)
     m.part = part
     if batch.state ~= "done" then
       if batch.checking then
-        batch.check_waiters[#batch.check_waiters + 1] = co_running()
-        sched:park()                             -- woken once, when that check is over
+        park_on(sched, batch.check_waiters)      -- woken when that check is over
       else
         local fresh = 0.5 * max(batch.gap or 0, client.poll.interval or 0)
         if not (batch.checked_at and sched.now() - batch.checked_at < fresh) then check_batch(batch, m) end
       end
     end
-    part.retry_after = batch.part.retry_after
+    ctx.retry_after = batch.retry_after
     if batch.state == "done" then return deliver(batch, m, part) end
     if batch.check_err then return nil, batch.check_err end
     return false
