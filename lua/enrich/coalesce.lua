@@ -197,10 +197,11 @@ function _M.wrap(client, spec, opt)
       end
     end
     batch.members, batch.all = live, live
-    local blocked = client:blocked()
-    if n == 0 or blocked then
+    -- The credits breaker is the members' own: each submit step asks it
+    -- before it waits here, and a member it refuses ends (and is left out).
+    if n == 0 then
       batch.state = "done"
-      batch.err = blocked or errors.new("cancelled", "every job of the batch was cancelled", { provider = spec.name })
+      batch.err = errors.new("cancelled", "every job of the batch was cancelled", { provider = spec.name })
       return wake_list(sched, batch.waiters)
     end
     for _, m in ipairs(live) do m.part.offset, m.part.batch_count = m.offset, n end
