@@ -12,14 +12,16 @@
 -- state, results and custom — and calls the view's submit, check and
 -- cancel for each part:
 --
---   submit(ctx, part)  a part smaller than the batch size joins the open
---                      batch of its options (a full one, or the window's
---                      end, seals it) and parks its task; the batch's own
---                      step sends ONE provider request with every member's
---                      inputs, then wakes each member with the shared
---                      provider id (or the shared error). A full-size part
---                      goes alone, as without coalescing. Inputs were
---                      checked by client:submit, so a bad input never joins.
+--   client:submit      (before the job starts) each part smaller than the
+--                      batch size joins the open batch of its options; a
+--                      full batch, or the window's end, seals it, and the
+--                      batch's own step sends ONE provider request with
+--                      every member's inputs. Inputs were checked by
+--                      client:submit, so a bad input never joins. A
+--                      full-size part goes alone, as without coalescing.
+--   submit(ctx, part)  the member's submit step waits (parked) until its
+--                      batch is sent, then returns the shared provider id,
+--                      or the shared error, to the engine.
 --   check(ctx, part)   the first member due to poll checks the batch with
 --                      one provider request; members polling while that
 --                      check runs wait for it, and those due soon after it
@@ -27,24 +29,31 @@
 --                      answer. Once the batch is terminal each member takes
 --                      its slice of the items (offset, count: its inputs'
 --                      positions in the shared request), the shared error,
---                      and its share of the credits; the other members'
---                      timers are brought forward, so they end with it.
+--                      and its share of the credits (by its billed items);
+--                      the other members' timers are brought forward, so
+--                      they end with it.
 --   cancel(ctx, part)  a member leaves the batch (the engine ends the job
 --                      locally); the provider's cancel runs only when no
 --                      live member is left. Members cancelled while the
---                      batch is still gathering are not sent at all.
+--                      batch gathers are not sent at all.
 --
--- The store: the engine records each member's intent in the before_send of
--- the shared submit (a fan-out over the batch's members, below), its
--- accepted id when its view.submit returns, and each member's own changes
--- and results. A member part keeps `offset` and `batch_count` (provider
--- state: snapshots keep them), so a resumed member reads its own slice:
--- a part that kept its inputs is checked on them (the mappings correlate by
--- content: instaview by profileId, parsetx by echo, lance by person), one
--- that dropped them (tamtam) by position in the shared request.
+-- The store: the shared submit's before_send records every member's intent
+-- (store:intent(job, part), each job its own, all of them before the first
+-- byte; one refusal stops the send and fails the batch); the engine then
+-- records each member's accepted id, changes and results as for any job.
+-- A member part keeps `offset` and `batch_count` (provider state: snapshots
+-- keep them), so a resumed member reads its own slice: a part that kept its
+-- inputs is checked on them (the mappings correlate by content: instaview
+-- by profileId, parsetx by echo, lance by person), one that dropped them
+-- (tamtam) by position in the shared request.
+--
+-- Costs: a member's submit step holds a coroutine (and a place in its key's
+-- lane) while it waits for the window and the shared submit; the batch's
+-- send runs outside the lane, so waiting members never stall it.
 --
 -- Off for puffle by default: its idempotency key names one run, and a
 -- resumed member could not resend its share under it without paying twice.
+-- A provider file may say `coalesce = false`; `coalesce = {}` turns it on.
 local errors = require "enrich.errors"
 local request = require "enrich.request"
 
