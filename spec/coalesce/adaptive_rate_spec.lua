@@ -82,3 +82,44 @@ describe("ratelimit (adaptive)", function()
     assert.equal(1, b:nominal() / 100)
   end)
 end)
+
+describe("ratelimit (adaptive) against the simulator", function()
+  local support = require "engine.support"
+  local enrich = require "enrich"
+  local sim
+  setup(function() sim = support.start() end)
+  teardown(function() if sim then sim:stop() end end)
+  before_each(function() support.reset(sim) end)
+
+  it("instaview's X-RateLimit-* headers move a default bucket; an explicit rate stays put", function()
+    support.configure(sim, { instaview = { polls = 1, rate_limit = { minute = 600, hour = 30000 } } })
+    local c = support.client(sim, "instaview", { api_key = "sk_adaptive" })   -- the default 0.5/s
+    local jobs = {}
+    enrich.run(function()
+      for i = 1, 12 do jobs[i] = assert(c:submit({ { id = "p_rate" .. i } })) end
+      for i = 1, 12 do assert(jobs[i]:wait(30)) end
+    end)
+    for i = 1, 12 do assert.equal("succeeded", jobs[i].state) end
+    local b = c.shared.bucket
+    assert.is_true(b.hinted > 1, "hinted " .. tostring(b.hinted))   -- about 10/s: the plan's minute
+    assert.equal(0.5, b.rate)                                         -- the configured rate is kept
+    assert.is_nil(support.stats(sim, "instaview").responses["429"])
+    local fixed = support.client(sim, "instaview", { api_key = "sk_fixed", rate = { per_second = 3, burst = 3 } })
+    local job = assert(fixed:submit({ { id = "p_fixed" } }))
+    assert(job:wait(30))
+    assert.is_nil(fixed.shared.bucket.hinted)
+  end)
+
+  it("a 429 throttles the key's bucket", function()
+    support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
+    support.fault(sim, { provider = "tamtam", method = "GET", type = 429, count = 1 })
+    local c = support.client(sim, "tamtam", { api_key = "throttled-key", rate = { per_second = 50, burst = 5 } })
+    local job = assert(c:submit({ { first_name = "Ada", last_name = "Byron" } }))
+    assert(job:wait(30))
+    assert.equal("succeeded", job.state)
+    local b = c.shared.bucket
+    assert.equal(1, support.stats(sim, "tamtam").responses["429"])
+    assert.is_number(b.w_max)                -- it was throttled at that rate
+    assert.near(50, b.w_max, 1e-9)
+  end)
+end)
