@@ -156,8 +156,15 @@ function _M.wrap(client, spec, opt)
   if size <= 1 then return spec end      -- one input per request: nothing to gather
 
   local sched = client.sched
-  local open = {}                        -- options signature -> the batch gathering
-  local by_id = {}                       -- provider id -> batch sent, not yet fully delivered
+  -- Shared by every client with this key (client.shared): a handler that
+  -- makes a client per request still gathers with the others.
+  local state = client.shared.coalesce
+  if not state then
+    state = { open = {}, by_id = {} }
+    client.shared.coalesce = state
+  end
+  local open = state.open                -- options signature and base URL -> the batch gathering
+  local by_id = state.by_id              -- provider id -> batch sent, not yet fully delivered
   -- Counters for benches and curious callers: shared requests sent, the
   -- inputs they carried, and how many were sealed by the window (not full).
   local stats = { batches = 0, inputs = 0, by_window = 0 }
@@ -165,10 +172,11 @@ function _M.wrap(client, spec, opt)
                             { __index = spec })
   local joined = setmetatable({}, { __mode = "k" })   -- part -> member, until its submit step
 
-  -- A ctx for the batch's own requests: the members' client and options.
+  -- A ctx for the batch's own requests: the client that opened it (its
+  -- members share its key and base URL) and their options.
   local function batch_ctx(batch)
     local pseudo = { opts = batch.opts, provider = spec.name, uid = "batch" }
-    return request.new(client, pseudo)
+    return request.new(batch.client, pseudo)
   end
 
   -- A member still waiting for its share: not cancelled, not delivered,
@@ -223,15 +231,15 @@ function _M.wrap(client, spec, opt)
     -- provider says so; every member's intent recorded before the first
     -- byte goes (the store may yield); a 2xx without an id is never resent.
     ctx.submitting, ctx.answered = batch.part, false
-    local store = client.store
-    if store and store.intent then
-      ctx.before_send = function()
-        for _, m in ipairs(live) do
+    ctx.before_send = function()
+      for _, m in ipairs(live) do
+        local store = m.job.client.store      -- each job's own client's store
+        if store and store.intent then
           local ok, err = store:intent(m.job, m.part)
           if not ok then return nil, err end
         end
-        return true
       end
+      return true
     end
     local ok, id, err = pcall(spec.submit, ctx, batch.part)
     if not ok then
@@ -290,12 +298,13 @@ function _M.wrap(client, spec, opt)
   local function join(job, part, opts)
     local key = signature(opts or {})
     if part.count >= size or not key then return nil end
+    key = key .. "\0" .. client.base_url .. "\0" .. tostring(spec)
     part.offset, part.batch_count = nil, nil     -- a resent part joins afresh
     local batch = open[key]
     if batch and batch.size + part.count > size then seal(batch); batch = nil end
     if not batch then
-      batch = { key = key, opts = opts, members = {}, size = 0, state = "open", waiters = {},
-                check_waiters = {} }
+      batch = { key = key, opts = opts, client = client, spec = spec, members = {}, size = 0, state = "open",
+                waiters = {}, check_waiters = {} }
       batch.timer = { on_timer = function() batch.by_window = true; seal(batch) end }
       open[key] = batch
       sched:at(batch.timer, sched.now() + window)
@@ -334,6 +343,7 @@ function _M.wrap(client, spec, opt)
 
   -- The member of `batch` a part belongs to (by its offset).
   local function member_of(batch, part)
+    if batch.spec ~= spec then return nil end
     for _, m in ipairs(batch.all) do
       if m.offset == part.offset then return m end
     end
@@ -422,7 +432,7 @@ function _M.wrap(client, spec, opt)
       if batch.checking then
         park_on(sched, batch.check_waiters)      -- woken when that check is over
       else
-        local fresh = 0.5 * max(batch.gap or 0, client.poll.interval or 0)
+        local fresh = 0.5 * max(batch.gap or 0, batch.client.poll.interval or 0)
         if not (batch.checked_at and sched.now() - batch.checked_at < fresh) then check_batch(batch, m) end
       end
     end

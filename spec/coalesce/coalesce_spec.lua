@@ -107,6 +107,19 @@ describe("coalescing", function()
     end)
   end)
 
+  it("gathers the submits of every client with the same key and base URL (a client per request)", function()
+    local jobs = {}
+    enrich.run(function()
+      for i = 1, 6 do
+        local c = support.fast_rate_client(sim, "tamtam")          -- a fresh client each time
+        jobs[i] = assert(c:submit({ person("H" .. i, "Handler", tostring(i)) }))
+      end
+      for i = 1, 6 do assert(jobs[i]:wait(20)) end
+    end)
+    assert.equal(1, submits(sim, "tamtam", TAMTAM_POST))
+    for i = 1, 6 do assert.matches("^h" .. i .. "%.", jobs[i].results[1].email) end
+  end)
+
   it("keeps options apart: email and phone jobs go in separate requests", function()
     local c = support.fast_rate_client(sim, "tamtam")
     local jobs = {}
