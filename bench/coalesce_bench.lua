@@ -88,6 +88,7 @@ else
   print(("(b) rate-bound: %d single-profile instaview jobs, simulator on %d/min and %d/h (fixed windows, headers),")
     :format(jobs_n, per_minute, per_hour))
   print("    client on its defaults (0.5 req/s until the X-RateLimit-* headers say more):")
-  print(("  requests=%d (submits %d) 429s=%d failed=%d elapsed=%.2f s; the sustained rate allows %.2f s: ratio %.3f (target <= 1.2)")
+  print(("  requests=%d (submits %d) 429s=%d failed=%d elapsed=%.2f s; the sustained rate allows %.2f s:"
+    .. " ratio %.3f (target <= 1.2)")
     :format(requests, s.requests["POST /sourcing/enrich"] or 0, throttled, failed, secs, least, secs / least))
 end

@@ -177,7 +177,8 @@ describe("coalescing", function()
     it("item failures stay with their own jobs", function()
       local c = support.fast_rate_client(sim, "tamtam")
       local jobs = run_all(c, { { person("Ada", "Byron") }, { person("Bad", "Itemfail") },
-                                { person("Nobody", "Notfound") }, { person("Grace", "Hopper"), person("Bad", "Itemfail") } })
+                                { person("Nobody", "Notfound") },
+                                { person("Grace", "Hopper"), person("Bad", "Itemfail") } })
       assert.equal(1, submits(sim, "tamtam", TAMTAM_POST))
       assert.equal("succeeded", jobs[1].state)
       assert.equal("partial", jobs[2].state)
@@ -191,7 +192,8 @@ describe("coalescing", function()
 
     it("a failed request fails every job in it, with its error", function()
       local c = support.fast_rate_client(sim, "tamtam")
-      local jobs = run_all(c, { { person("Ada", "Byron") }, { person("Zed", "Jobfail") }, { person("Grace", "Hopper") } })
+      local jobs = run_all(c, { { person("Ada", "Byron") }, { person("Zed", "Jobfail") },
+                                { person("Grace", "Hopper") } })
       assert.equal(1, submits(sim, "tamtam", TAMTAM_POST))
       for _, j in ipairs(jobs) do
         assert.equal("failed", j.state)
