@@ -404,18 +404,26 @@ function _M.wrap(client, spec, opt)
   end
 
   -- A part from a snapshot (no batch in memory): see the top of the file.
+  -- Its credits: the request's, in proportion to its inputs (the other
+  -- members' items are not at hand to weigh by).
   local function check_resumed(ctx, part)
-    if part.inputs then return spec.check(ctx, part) end
-    local whole = { id = part.id, count = part.batch_count, items = {} }
-    local terminal, err = spec.check(ctx, whole)
-    if whole.retry_after then ctx.retry_after = ctx.retry_after or whole.retry_after end
-    if terminal then
-      part.items = part.items or {}
-      for k = 1, part.count do part.items[k] = whole.items[part.offset + k] end
-      part.error, part.raw = whole.error, whole.raw
-      if whole.credits and whole.count > 0 then
-        part.credits = floor(whole.credits * part.count / whole.count + 0.5)
+    local terminal, err, credits
+    if part.inputs then
+      terminal, err = spec.check(ctx, part)
+      credits = part.credits
+    else
+      local whole = { id = part.id, count = part.batch_count, items = {} }
+      terminal, err = spec.check(ctx, whole)
+      if whole.retry_after then ctx.retry_after = ctx.retry_after or whole.retry_after end
+      if terminal then
+        part.items = part.items or {}
+        for k = 1, part.count do part.items[k] = whole.items[part.offset + k] end
+        part.error, part.raw = whole.error, whole.raw
       end
+      credits = whole.credits
+    end
+    if terminal and credits and part.batch_count > 0 then
+      part.credits = floor(credits * part.count / part.batch_count + 0.5)
     end
     return terminal, err
   end

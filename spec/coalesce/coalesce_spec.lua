@@ -347,4 +347,24 @@ describe("coalescing", function()
     assert.matches("^m3%.", job.results[1].email)
     assert.equal("3", job.results[1].custom.row)
   end)
+
+  it("a resumed instaview member (its inputs kept) reads its own profiles and a share of the credits", function()
+    support.configure(sim, { instaview = { polls = 3 } })
+    local c = support.fast_rate_client(sim, "instaview")
+    local snap
+    enrich.run(function()
+      local jobs = {}
+      for i = 1, 5 do jobs[i] = assert(c:submit({ { id = "p_res" .. i, custom = { i = i } } })) end
+      for _ = 1, 200 do if jobs[4].state == "running" then break end enrich.sleep(0.005) end
+      snap = require("cjson").decode(require("cjson").encode(jobs[4]:snapshot()))
+      for i = 1, 5 do jobs[i]:cancel() end
+    end)
+    assert.same({ 3, 5 }, { snap.parts[1].offset, snap.parts[1].batch_count })
+    local job = enrich.job_from_snapshot(support.fast_rate_client(sim, "instaview"), snap)
+    assert(job:wait(20))
+    assert.equal("succeeded", job.state)
+    assert.equal("p_res4", job.results[1].raw.profileId)
+    assert.equal(4, job.results[1].custom.i)
+    assert.equal(1, job.cost.credits)
+  end)
 end)
