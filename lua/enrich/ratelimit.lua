@@ -124,10 +124,12 @@ end
 --- a provider's spec.rate_hint, replaces headers_hint). A bucket the caller
 --- set explicitly (`fixed`: the client's `rate` option) takes no hints: the
 --- caller knows the plan; a 429 still slows it down.
+--- A bucket of another kind (a shared-dict one, say) without throttled()
+--- or hint() is left alone.
 function _M.observe(bucket, c, now, read_hint)
   if not bucket or not c.status then return end
-  if c.status == 429 then bucket:throttled(now) end
-  if bucket.fixed then return end
+  if c.status == 429 and bucket.throttled then bucket:throttled(now) end
+  if bucket.fixed or not bucket.hint then return end
   local rate, allowance = (read_hint or _M.headers_hint)(c.headers, os.time())
   if rate then bucket:hint(rate, allowance, now) end
 end
