@@ -69,6 +69,7 @@ build = {
     ["enrich.cli.state"] = "lua/enrich/cli/state.lua",
     ["enrich.cli.waterfall"] = "lua/enrich/cli/waterfall.lua",
     ["enrich.client"] = "lua/enrich/client.lua",
+    ["enrich.coalesce"] = "lua/enrich/coalesce.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
     ["enrich.errors"] = "lua/enrich/errors.lua",
     ["enrich.heap"] = "lua/enrich/heap.lua",
