@@ -15,6 +15,9 @@ local _M = { _VERSION = "0.1.0" }
 
 -- Jobs in flight per provider; each carries up to the provider's batch size.
 _M.MAX_INFLIGHT = 64
+-- Jobs made but not yet sent (waiting for a rate token): few, so that a
+-- Ctrl-C, which lets them go out and get their ids, has little left to send.
+_M.MAX_UNSENT = 4
 _M.IDLE_SLEEP = 0.01       -- seconds between looks while waiting for room
 
 local W = {}
@@ -146,6 +149,15 @@ function W:finish_job(job, items, name, reserved, stage_is_last)
   end
 end
 
+--- Jobs made and not sent yet.
+function W:unsent()
+  local n = 0
+  for job in pairs(self.inflight) do
+    if job.state == "queued" then n = n + 1 end
+  end
+  return n
+end
+
 --- Asks provider `name` about every group still open. Returns when every
 --- job it started has ended, or at once after an interrupt (jobs in flight
 --- are left to the journal).
@@ -161,7 +173,8 @@ function W:stage(name, stage_is_last)
     if self.interrupted() then return end
     local n = min(batch, #queue - pos + 1)
     local fit = self.budget:fit(n, price)
-    if inflight >= _M.MAX_INFLIGHT or (fit < n and self.budget.reserved > 0) then
+    if inflight >= _M.MAX_INFLIGHT or self:unsent() >= _M.MAX_UNSENT
+       or (fit < n and self.budget.reserved > 0) then
       -- Wait for room: a slot, or a reservation to settle (it may cost less).
       enrich.sleep(_M.IDLE_SLEEP)
     elseif fit == 0 then
