@@ -29,6 +29,7 @@ local client = assert(enrich.client(provider, {
   api_key = "crash-spec-key", base_url = sim .. "/" .. provider, store = store,
   poll = { interval = 0.02, factor = 1, max_interval = 0.05, jitter = 0, deadline = 20 },
   retry = { attempts = 3, base = 0.01, cap = 0.05 },
+  rate = { per_second = 1000, burst = 100 },     -- the simulator's limits are not under test here
 }))
 
 local jobs
