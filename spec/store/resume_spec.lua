@@ -123,6 +123,25 @@ describe("durable jobs end to end", function()
     store:close()
   end)
 
+  it("a put inside enrich.run rides along with the loop's commits; close writes it", function()
+    local store = assert(enrich.store.open("sqlite:" .. db))
+    local commits = 0
+    local real = store.w
+    store.w = setmetatable({ commit = function(_, ...) commits = commits + 1; return real:commit(...) end },
+                           { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    enrich.run(function()
+      for i = 1, 100 do assert(store:answer_put("k" .. i, { n = i })) end
+      assert.same({ n = 7 }, store:answer_get("k7"))
+      enrich.sleep(0.01)
+    end)
+    assert.is_true(commits <= 2, "commits: " .. commits)
+    store.w = real
+    assert(store:close())
+    store = assert(enrich.store.open("sqlite:" .. db))
+    assert.same({ n = 100 }, store:answer_get("k100"))
+    store:close()
+  end)
+
   it("refuses misuse of resume", function()
     local store = assert(enrich.store.open("sqlite:" .. db))
     assert.has_error(function() enrich.resume(nil, {}) end)

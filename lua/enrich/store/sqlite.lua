@@ -517,14 +517,28 @@ local function get(self, tag, table_name, key)
   return decode(r[1][1])
 end
 
+-- The loop of the running task, if enrich runs it (a put from a task
+-- rides along with that loop's commits, even before any job hook ran).
+local function current_loop(self)
+  local enrich = package.loaded.enrich
+  local _, main = coroutine.running()
+  if enrich and coroutine.running() and not main then
+    local sched = enrich.scheduler()
+    if sched:current() then return sched end
+  end
+  return self.sched
+end
+
 local function put(self, tag, k, key, value, ...)
   check_open(self)
   if type(key) ~= "string" then error("enrich.store: the key must be a string", 3) end
   local json, err = encode(value)
   if not json then return nil, store.error("cannot encode: " .. tostring(err), { reason = "encode" }) end
-  self:_add(self.sched, k, key, json, ...)
+  local sched = current_loop(self)
+  self.sched = sched or self.sched
+  self:_add(sched, k, key, json, ...)
   self.overlay[tag .. key] = { json, self.handed + 1 }
-  if not self.sched then return self:flush() end  -- no loop to commit at its turn
+  if not sched then return self:flush() end       -- no loop to commit at its turn
   return true
 end
 
