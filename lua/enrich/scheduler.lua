@@ -73,7 +73,7 @@ function _M.new(opts)
     sends_left = nil,                -- sends this budgeted turn may still make
     tasks = {},                      -- coroutine -> task record
     hosts = {},                      -- host -> { n = slots taken, waiting = fifo of task, token }
-    waiting = {},                    -- transfer id -> { task, token, host }
+    waiting = {},                    -- transfer id -> task (parked in it, holding task.slot)
     pool = {},                       -- idle step workers
     lanes = setmetatable({}, { __mode = "k" }),      -- lanes that held steps
     live_jobs = 0, user_tasks = 0,
@@ -274,7 +274,7 @@ function S:transfer(req, host, before_send)
     return { error = { code = "invalid", refused = true,
                        message = "request refused: " .. tostring(id):match("^[^\n]*") } }
   end
-  self.waiting[id] = { task, task.token, host }
+  self.waiting[id] = task
   return co_yield()
 end
 
@@ -282,11 +282,11 @@ end
 function S:deliver(done)
   for i = 1, #done do
     local c = done[i]
-    local w = self.waiting[c.id]
-    if w then
+    local task = self.waiting[c.id]
+    if task then                         -- parked in transfer(): its token is still the current one
       self.waiting[c.id] = nil
-      give_slot(self, w[3], w[1])
-      self:wake(w[1], w[2], c)
+      if task.slot then give_slot(self, task.slot, task) end   -- (gone if the task was abandoned)
+      self:wake(task, task.token, c)
     end
   end
 end
