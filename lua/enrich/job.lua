@@ -183,7 +183,7 @@ local function set_state(job, state, err)
   sched:cancel_timer(job)
   state, err = build_results(job, state, err)
   job.state, job.error, job.finished_at = state, err, t
-  sched.live_jobs = sched.live_jobs - 1
+  if job.deadline then sched.live_jobs = sched.live_jobs - 1 end   -- (started: see start, resume)
   crash.point("terminal_read")
   local ok, e = store_call(job, "finished", job)
   if not ok then job.store_error = e end
@@ -247,7 +247,7 @@ local function submit_part(job, ctx, part)
   end
   -- A 2xx came back, yet no id could be read from it: the provider may
   -- have accepted (and charged) the submit. Never invite a resend.
-  if ctx.answered and err.code ~= "unknown" then
+  if ctx.answered and err.code ~= "unknown" and not spec.idempotent_submit then
     err.retryable = false
     err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
   end
@@ -275,6 +275,9 @@ local function submit_step(job)
       if id then
         part.id = id
         job.id = job.id or id
+        crash.point("answer_read")
+        local stored, serr = store_call(job, "accepted", job, part)
+        if not stored then job.store_error = serr end
         if job:done() then               -- cancelled while the submit was on its way
           if client.spec.cancel then
             local ok, res, cerr = pcall(client.spec.cancel, ctx, part)
@@ -282,9 +285,6 @@ local function submit_step(job)
           end
           return
         end
-        crash.point("answer_read")
-        local stored, serr = store_call(job, "accepted", job, part)
-        if not stored then job.store_error = serr end
         if drop_inputs then job.parts[i] = compact(part, true) end
         if job.state == "queued" then set_state(job, "running") end
       else

@@ -166,7 +166,7 @@ function ctx_mt:call(req)
       return nil, self:error("invalid", "not sent: " .. tostring(refused):match("^[^\n]*"), { retryable = false })
     end
     self.before_send = nil                -- the intent is recorded once, before the first send
-    if submitting then crash.point("request_sent") end
+    if submitting and not (c.error and c.error.refused) then crash.point("request_sent") end
     local res, err = classify(self, c, req)
     if res then
       if submitting then self.answered = true end
