@@ -142,6 +142,20 @@ describe("durable jobs end to end", function()
     store:close()
   end)
 
+  it("never makes a second live job of one already live in this process", function()
+    child(sim, db, "tamtam", "run", "id_committed:1")
+    local store = assert(enrich.store.open("sqlite:" .. db))
+    local c = client("tamtam", store)
+    local first = assert(enrich.resume(store, { tamtam = c }))
+    local again = assert(enrich.resume(store, { tamtam = c }))
+    assert.equal(#first, #again)
+    for i = 1, #first do assert.equal(first[i], again[i]) end
+    enrich.run(function() for _, j in ipairs(first) do j:wait(5) end end)
+    local polls = support.stats(sim, "tamtam").requests["GET /v2/people/enrich/{id}"] or 0
+    assert.is_true(polls <= #first * 3, "polls: " .. polls)
+    store:close()
+  end)
+
   it("refuses misuse of resume", function()
     local store = assert(enrich.store.open("sqlite:" .. db))
     assert.has_error(function() enrich.resume(nil, {}) end)

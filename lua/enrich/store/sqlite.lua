@@ -175,6 +175,7 @@ function _M.open(url, opts)
     overlay = {},       -- answers/meta put and not yet committed: key -> { value, seq }
     failures = 0, error = nil,
     recorded = setmetatable({}, { __mode = "k" }),  -- jobs whose snapshot is committed
+    live = setmetatable({}, { __mode = "v" }),      -- uid -> live job of this process (see resume)
   }, store_mt)
   s.commit_timer = { on_timer = function(_, sched) s:_commit(sched) end }
   s.check_timer = { on_timer = function(_, sched) s:_check(sched) end }
@@ -364,6 +365,7 @@ function store_mt:intent(job, part)
   local ok, err = self:_durable(sched)
   if not ok then return nil, err end
   self.recorded[job] = true
+  self.live[job.uid] = job
   crash.point("intent_committed")
   return true
 end
