@@ -139,6 +139,10 @@ end
 --- caller its fsync); the default hands commits to the writer thread.
 function _M.open(url, opts)
   opts = opts or {}
+  for k, v in pairs(opts) do
+    if k ~= "thread" then error("enrich.store.open: unknown option '" .. tostring(k) .. "' for sqlite", 3) end
+    if type(v) ~= "boolean" then error("enrich.store.open: 'thread' must be a boolean", 3) end
+  end
   local path = url:match("^[sS][qQ][lL][iI][tT][eE]:(.+)$")
   if not path then
     return nil, store.error("expected sqlite:PATH, got '" .. tostring(url) .. "'", { reason = "invalid" })
