@@ -75,6 +75,10 @@ if mode == "a" then
   print(fmt:format("not coalesced:", off[3], off[4], off[5], off[2], off[1]))
   print(("  submits %d vs target <= %.0f (1.3 x %d / 100); elapsed %.1fx shorter coalesced")
     :format(on[3], 1.3 * jobs_n / 100, jobs_n, off[1] / on[1]))
+  -- Not coalesced, the run is bound by tamtam's 10/s (no rate headers: only
+  -- 429s steer the bucket).
+  print(("  not coalesced, bound by the rate: elapsed / (requests / 10 per s) = %.3f, 429s %d")
+    :format(off[1] / (off[4] / 10), off[5]))
 else
   control.post(sim, "/_sim/reset")
   local per_minute, per_hour = 600, 30000
