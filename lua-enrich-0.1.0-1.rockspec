@@ -41,6 +41,7 @@ build = {
       libdirs = { "$(CURL_LIBDIR)" },
     },
     ["enrich.client"] = "lua/enrich/client.lua",
+    ["enrich.coalesce"] = "lua/enrich/coalesce.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
     ["enrich.errors"] = "lua/enrich/errors.lua",
     ["enrich.heap"] = "lua/enrich/heap.lua",

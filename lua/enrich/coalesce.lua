@@ -439,9 +439,18 @@ function _M.wrap(client, spec, opt)
     if batch.state ~= "done" then
       if batch.checking then
         park_on(sched, batch.check_waiters)      -- woken when that check is over
+        m.seen = batch.checked_at
       else
+        -- Another member's answer is taken when it is fresh, and by each
+        -- member once: one that asks again (a refresh) gets a new check.
         local fresh = 0.5 * max(batch.gap or 0, batch.client.poll.interval or 0)
-        if not (batch.checked_at and sched.now() - batch.checked_at < fresh) then check_batch(batch, m) end
+        local at = batch.checked_at
+        if at and m.seen ~= at and sched.now() - at < fresh then
+          m.seen = at
+        else
+          check_batch(batch, m)
+          m.seen = batch.checked_at
+        end
       end
     end
     ctx.retry_after = batch.retry_after
