@@ -19,8 +19,11 @@ description = {
   license = "MIT",
   labels = { "http", "curl", "async", "enrichment" },
 }
+-- Tested: Lua 5.4 and LuaJIT 2.1 (OpenResty), which LuaRocks calls 5.1;
+-- PUC Lua 5.1 and 5.2 are refused by `require "enrich"` (they cannot yield
+-- across pcall); 5.3 is allowed, untested.
 dependencies = {
-  "lua >= 5.1",
+  "lua >= 5.1, < 5.5",
   "lua-cjson >= 2.1.0",
 }
 test_dependencies = {
@@ -59,6 +62,7 @@ build = {
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
+    ["enrich.snapshot"] = "lua/enrich/snapshot.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
     ["enrich.sim.httpd"] = "lua/enrich/sim/httpd.lua",
     ["enrich.sim"] = "lua/enrich/sim/init.lua",
