@@ -254,7 +254,7 @@ function _M.wrap(client, spec, opt)
       err = errors.new("protocol", "the provider's submit returned no id and no enrich error",
                        { provider = spec.name })
     end
-    if not id and ctx.answered and err.code ~= "unknown" then
+    if not id and ctx.answered and err.code ~= "unknown" and not spec.idempotent_submit then
       err.retryable = false
       err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
     end
