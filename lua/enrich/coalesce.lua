@@ -156,12 +156,18 @@ function _M.wrap(client, spec, opt)
   if size <= 1 then return spec end      -- one input per request: nothing to gather
 
   local sched = client.sched
-  -- Shared by every client with this key (client.shared): a handler that
-  -- makes a client per request still gathers with the others.
-  local state = client.shared.coalesce
+  -- Shared by every client with this key (client.shared) on this loop: a
+  -- handler that makes a client per request still gathers with the others,
+  -- and a loop made after enrich.close() starts afresh.
+  local per_loop = client.shared.coalesce
+  if not per_loop then
+    per_loop = setmetatable({}, { __mode = "k" })
+    client.shared.coalesce = per_loop
+  end
+  local state = per_loop[sched]
   if not state then
     state = { open = {}, by_id = {} }
-    client.shared.coalesce = state
+    per_loop[sched] = state
   end
   local open = state.open                -- options signature and base URL -> the batch gathering
   local by_id = state.by_id              -- provider id -> batch sent, not yet fully delivered
