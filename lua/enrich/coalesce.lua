@@ -156,12 +156,18 @@ function _M.wrap(client, spec, opt)
   if size <= 1 then return spec end      -- one input per request: nothing to gather
 
   local sched = client.sched
-  -- Shared by every client with this key (client.shared): a handler that
-  -- makes a client per request still gathers with the others.
-  local state = client.shared.coalesce
+  -- Shared by every client with this key (client.shared) on this loop: a
+  -- handler that makes a client per request still gathers with the others,
+  -- and a loop made after enrich.close() starts afresh.
+  local per_loop = client.shared.coalesce
+  if not per_loop then
+    per_loop = setmetatable({}, { __mode = "k" })
+    client.shared.coalesce = per_loop
+  end
+  local state = per_loop[sched]
   if not state then
     state = { open = {}, by_id = {} }
-    client.shared.coalesce = state
+    per_loop[sched] = state
   end
   local open = state.open                -- options signature and base URL -> the batch gathering
   local by_id = state.by_id              -- provider id -> batch sent, not yet fully delivered
@@ -254,7 +260,7 @@ function _M.wrap(client, spec, opt)
       err = errors.new("protocol", "the provider's submit returned no id and no enrich error",
                        { provider = spec.name })
     end
-    if not id and ctx.answered and err.code ~= "unknown" then
+    if not id and ctx.answered and err.code ~= "unknown" and not spec.idempotent_submit then
       err.retryable = false
       err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
     end
@@ -439,9 +445,18 @@ function _M.wrap(client, spec, opt)
     if batch.state ~= "done" then
       if batch.checking then
         park_on(sched, batch.check_waiters)      -- woken when that check is over
+        m.seen = batch.checked_at
       else
+        -- Another member's answer is taken when it is fresh, and by each
+        -- member once: one that asks again (a refresh) gets a new check.
         local fresh = 0.5 * max(batch.gap or 0, batch.client.poll.interval or 0)
-        if not (batch.checked_at and sched.now() - batch.checked_at < fresh) then check_batch(batch, m) end
+        local at = batch.checked_at
+        if at and m.seen ~= at and sched.now() - at < fresh then
+          m.seen = at
+        else
+          check_batch(batch, m)
+          m.seen = batch.checked_at
+        end
       end
     end
     ctx.retry_after = batch.retry_after
