@@ -312,8 +312,12 @@ function _M.wrap(client, spec, opt)
       batch = { key = key, opts = opts, client = client, spec = spec, members = {}, size = 0, state = "open",
                 waiters = {}, check_waiters = {} }
       batch.timer = { on_timer = function() batch.by_window = true; seal(batch) end }
-      open[key] = batch
+      -- The timer first: a loop that refuses work (OpenResty's host in
+      -- nginx's master, init_by_lua) raises here, and must leave no open
+      -- batch behind; one without its timer would be forked into every
+      -- worker and swallow their submits, never sealed.
       sched:at(batch.timer, sched.now() + window)
+      open[key] = batch
     end
     local m = { job = job, part = part, offset = batch.size, count = part.count, batch = batch }
     batch.members[#batch.members + 1] = m
