@@ -85,7 +85,12 @@ describe_luajit("the OpenResty host, four workers, plain API, no init_worker lin
     assert.falsy(log:match("%[alert%]"), log:sub(1, 4000))
     local n429, stats = tamtam_429s(sim)
     assert.equal(0, n429)
-    assert.equal(JOBS, stats.submissions)
+    -- every person sent once; the client gathers one-person jobs into
+    -- shared requests (coalescing), so there are fewer submits than jobs
+    local sent = 0
+    for _, times in pairs(stats.inputs) do sent = sent + times end
+    assert.equal(JOBS, sent)
+    assert.is_true(stats.submissions >= 1 and stats.submissions <= JOBS)
     assert.same({}, stats.duplicates)
   end)
 
