@@ -8,8 +8,14 @@ local bucket_mt = {}
 bucket_mt.__index = bucket_mt
 
 -- Rates a provider documents are used at this fraction, so that timing
--- jitter between our clock and the provider's does not earn a 429. A rate
--- the caller sets (client option `rate`) is used as given.
+-- jitter between our clock and the provider's does not earn a 429. The one
+-- rule: MARGIN applies to a number from the provider's documentation (the
+-- provider file's default rate), and to nothing else. A rate the caller
+-- sets (client option `rate`) is used as given; so is a hint from the
+-- provider's own rate headers (bucket:hint): it is the provider's live
+-- count of what is left, and headers_hint already keeps its own spare (one
+-- request, one second). The configured rate of a default bucket is thus
+-- the documented rate x MARGIN; the hinted one is the headers' rate.
 _M.MARGIN = 0.9
 
 --- rate: requests per second; burst: how many may go at once.

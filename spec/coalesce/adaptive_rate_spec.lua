@@ -12,6 +12,16 @@ local function drain(b, t0, t1, step)
 end
 
 describe("ratelimit (adaptive)", function()
+  it("keeps a margin under a documented rate, none under a caller's rate or a provider's hint", function()
+    local doc = ratelimit.new(10, 10, { documented = true })
+    assert.near(10 * ratelimit.MARGIN, doc:nominal(), 1e-12)
+    assert.equal(math.floor(10 * ratelimit.MARGIN), doc.burst)
+    doc:hint(4, nil, 0)                          -- the provider's own count: as given
+    assert.equal(4, doc:nominal())
+    assert.near(10 * ratelimit.MARGIN, doc.rate, 1e-12)
+    assert.equal(10, ratelimit.new(10, 10, {}):nominal())
+  end)
+
   it("reads X-RateLimit-Remaining-* / Reset-* tiers; the slowest tier wins", function()
     local wall = 1767261630                     -- 30 s into a minute window
     local rate, allowance = ratelimit.headers_hint({
@@ -102,7 +112,9 @@ describe("ratelimit (adaptive) against the simulator", function()
     for i = 1, 12 do assert.equal("succeeded", jobs[i].state) end
     local b = c.shared.bucket
     assert.is_true(b.hinted > 1, "hinted " .. tostring(b.hinted))   -- about 10/s: the plan's minute
-    assert.equal(0.5, b.rate)                                         -- the configured rate is kept
+    -- the configured rate is kept: the documented 0.5/s, a margin under
+    -- (ratelimit.MARGIN applies to documented rates, not to hints)
+    assert.near(0.5 * ratelimit.MARGIN, b.rate, 1e-12)
     assert.is_nil(support.stats(sim, "instaview").responses["429"])
     local fixed = support.client(sim, "instaview", { api_key = "sk_fixed", rate = { per_second = 3, burst = 3 } })
     local job = assert(fixed:submit({ { id = "p_fixed" } }))
