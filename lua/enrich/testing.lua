@@ -203,6 +203,9 @@ function _M.check_error(e)
   if not errors.is(e) then return "not an enrich error: " .. tostring(e) end
   if errors.CODES[e.code] == nil then return "undocumented code '" .. tostring(e.code) .. "'" end
   if type(e.message) ~= "string" then return "error message is not a string" end
+  if e.code == "unknown" and e.retryable then
+    return "code 'unknown' (may have reached the provider) is never retryable"
+  end
   if e.retry_after ~= nil and not (finite(e.retry_after) and e.retry_after >= 0) then
     return "retry_after is not a number of seconds >= 0"
   end

@@ -11,7 +11,11 @@ local errors = require "enrich.errors"
 
 local SEED = tonumber(os.getenv("FUZZ_SEED")) or 20261201
 local CASES = tonumber(os.getenv("FUZZ_E2E_CASES")) or 12
-local STATES = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true }
+-- The documented terminal states (DESIGN.md); `unknown`: a submit that
+-- may have reached the provider and whose answer could not be read (a 2xx
+-- whose body is not JSON, say), never resent.
+local STATES = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true,
+                 unknown = true }
 
 describe("mapping fuzz end to end (seed " .. SEED .. ")", function()
   local sim
@@ -39,6 +43,10 @@ describe("mapping fuzz end to end (seed " .. SEED .. ")", function()
         else
           assert(job:wait(20), where .. ": the job did not end")
           assert(STATES[job.state], where .. ": state " .. tostring(job.state))
+          if job.state == "unknown" then
+            assert(job.error and job.error.code == "unknown" and not job.error.retryable,
+                   where .. ": state unknown without a non-retryable error 'unknown'")
+          end
           assert.equal(#inputs, #job.results, where)
           if job.error then
             assert.is_nil(testing.check_error(job.error), where)
