@@ -367,4 +367,21 @@ describe("coalescing", function()
     assert.equal(4, job.results[1].custom.i)
     assert.equal(1, job.cost.credits)
   end)
+
+  it("a loop that refuses a submit (a host's, in nginx's master) leaves no batch behind", function()
+    -- OpenResty's host refuses every scheduling in init_by_lua; the batch
+    -- opened for that submit must not stay open without its window timer
+    -- (forked into the workers, it swallowed their next submit).
+    local c = support.fast_rate_client(sim, "tamtam")
+    local sched = c.sched
+    sched.at = function() error("refused here", 2) end
+    local ok, err = pcall(c.submit, c, { person("Refused", "Once", "r") }, { kind = "email" })
+    sched.at = nil                                       -- the scheduler's own again
+    assert.is_false(ok)
+    assert.matches("refused here", tostring(err))
+    assert.is_nil(next(c.spec.coalescing.open))
+    local jobs = run_all(c, { { person("After", "Refusal", "a") } }, { kind = "email" })
+    assert.equal("succeeded", jobs[1].state)
+    assert.equal(1, submits(sim, "tamtam", TAMTAM_POST))
+  end)
 end)
