@@ -38,8 +38,10 @@
 --                      batch gathers are not sent at all.
 --
 -- The store: the shared submit's before_send records every member's intent
--- (store:intent(job, part), each job its own, all of them before the first
--- byte; one refusal stops the send and fails the batch); the engine then
+-- (each job its own, all of them before the first byte; one refusal stops
+-- the send and fails the batch): store:intents(list) where the store has it
+-- (one durable commit for the whole batch, not one per member), else
+-- store:intent(job, part) for each, one after the other; the engine then
 -- records each member's accepted id, changes and results as for any job.
 -- A member part keeps `offset` and `batch_count` (provider state: snapshots
 -- keep them), so a resumed member reads its own slice: a part that kept its
@@ -206,6 +208,39 @@ function _M.wrap(client, spec, opt)
   end
 
 
+  -- Every member's intent, before the shared submit's first byte: each job
+  -- in its own client's store, and each store's share in ONE durable
+  -- write (store:intents: one commit, one fsync, however many members)
+  -- where the store offers it, else one intent() after the other. true,
+  -- or nil and the first refusal (then nothing is sent).
+  local function record_intents(live)
+    local stores, lists = {}, {}
+    for _, m in ipairs(live) do
+      local store = m.job.client.store
+      if store and (store.intents or store.intent) then
+        local list = lists[store]
+        if not list then
+          list = {}
+          lists[store], stores[#stores + 1] = list, store
+        end
+        list[#list + 1] = { job = m.job, part = m.part }
+      end
+    end
+    for _, store in ipairs(stores) do
+      local list = lists[store]
+      if store.intents then
+        local ok, err = store:intents(list)
+        if not ok then return nil, err end
+      else
+        for _, e in ipairs(list) do
+          local ok, err = store:intent(e.job, e.part)
+          if not ok then return nil, err end
+        end
+      end
+    end
+    return true
+  end
+
   local function send(batch)
     -- Members cancelled while the batch gathered drop out; the rest are
     -- packed in arrival order.
@@ -237,16 +272,7 @@ function _M.wrap(client, spec, opt)
     -- provider says so; every member's intent recorded before the first
     -- byte goes (the store may yield); a 2xx without an id is never resent.
     ctx.submitting, ctx.answered = batch.part, false
-    ctx.before_send = function()
-      for _, m in ipairs(live) do
-        local store = m.job.client.store      -- each job's own client's store
-        if store and store.intent then
-          local ok, err = store:intent(m.job, m.part)
-          if not ok then return nil, err end
-        end
-      end
-      return true
-    end
+    ctx.before_send = function() return record_intents(live) end
     local ok, id, err = pcall(spec.submit, ctx, batch.part)
     if not ok then
       err = errors.new("protocol", "provider mapping failed: " .. tostring(id):match("^[^\n]*"),

@@ -327,6 +327,84 @@ describe("coalescing", function()
     for _, j in ipairs(jobs) do assert.equal("failed", j.state) end
   end)
 
+  it("with a SQLite store: the 20 members' intents go in ONE commit, durable before the shared submit", function()
+    -- A batch of N jobs must not cost N commits (N fsyncs, one after the
+    -- other) before it is sent: the members' intents share one commit,
+    -- as every write of a loop turn does (group commit).
+    local sqlite = require "enrich.store.sqlite"
+    local path = os.tmpname()
+    os.remove(path)
+    local s = assert(require("enrich.store").open("sqlite:" .. path))
+    -- The store's writer, watched: what each commit carries (intents are
+    -- the parts' rows), and the simulator's submit count when it is handed.
+    local real, queued, commits = s.w, 0, {}
+    s.w = setmetatable({
+      add = function(_, k, ...)
+        if k == sqlite.STATEMENT.part then queued = queued + 1 end
+        return real:add(k, ...)
+      end,
+      commit = function(_, ...)
+        local seq = real:commit(...)
+        if queued > 0 then
+          commits[#commits + 1] = { seq = seq, intents = queued, posts = submits(sim, "tamtam", TAMTAM_POST) }
+        end
+        queued = 0
+        return seq
+      end,
+    }, { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    local at_post                                     -- the intent commits and the durable one, at the POST
+    local unwatch = support.watch_engine(enrich.scheduler(), { submit = function(eng, req)
+      if req.method == "POST" and not at_post then at_post = { commits = #commits, done = s.done } end
+      return eng:submit(req)
+    end })
+    local jobs
+    local ok, err = pcall(function()
+      local c = support.fast_rate_client(sim, "tamtam", { store = s })
+      local lists = {}
+      for i = 1, 20 do lists[i] = { person("G" .. i, "Group", tostring(i)) } end
+      jobs = run_all(c, lists, { kind = "email" })
+    end)
+    unwatch()
+    s.w = real
+    s:flush()
+    local counts = s:counts()
+    s:close()
+    for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
+    assert(ok, err)
+    assert.equal(1, submits(sim, "tamtam", TAMTAM_POST))
+    for i = 1, 20 do assert.equal("succeeded", jobs[i].state) end
+    assert.same({ succeeded = 20 }, counts)
+    assert.is_table(at_post, "the shared submit was sent")
+    -- ONE commit carried the 20 intents, handed over before any submit
+    -- reached the simulator, and durable when the submit went out.
+    assert.equal(1, at_post.commits, "commits carrying intents before the submit")
+    assert.same({ intents = 20, posts = 0 }, { intents = commits[1].intents, posts = commits[1].posts })
+    assert.is_true(at_post.done >= commits[1].seq, "the intents' commit was durable before the submit")
+    assert.equal(1, #commits)                                  -- and no intent was written again after it
+  end)
+
+  it("a store with intents() gets the batch's members in one call; its refusal stops the shared submit", function()
+    local calls = {}
+    local store = {
+      intents = function(_, list)
+        local names = {}
+        for i, e in ipairs(list) do names[i] = e.job.inputs[1].first_name .. "@" .. tostring(e.part.offset) end
+        calls[#calls + 1] = table.concat(names, " ")
+        return nil, "disk full"
+      end,
+      intent = function() error("intent() called: intents() should have taken the batch") end,
+    }
+    local c = support.fast_rate_client(sim, "tamtam", { store = store })
+    local jobs = run_all(c, { { person("I1", "Intents") }, { person("I2", "Intents"), person("I3", "Intents") },
+                              { person("I4", "Intents") } })
+    assert.same({ "I1@0 I2@1 I4@3" }, calls)
+    assert.equal(0, submits(sim, "tamtam", TAMTAM_POST))
+    for _, j in ipairs(jobs) do
+      assert.equal("failed", j.state)
+      assert.matches("disk full", tostring(j.error and j.error.message))
+    end
+  end)
+
   it("a member resumed from its snapshot reads its own slice of the shared request", function()
     support.configure(sim, { tamtam = { polls = 3 } })
     local c = support.fast_rate_client(sim, "tamtam")

@@ -175,15 +175,32 @@ describe("kill -9 at every crash point, then resume", function()
           -- Unknown only where the kill came after an intent commit and
           -- before the shared id's; never once it was. Where the kill
           -- surely came after the send, each unknown request is one the
-          -- provider really made. (in_commit:N is an intent commit or a
-          -- later one: the members' intents commit one after the other.)
+          -- provider really made. The members' intents share ONE commit
+          -- (in_commit:1): killed in it, nothing is recorded and nothing
+          -- sent; once it is durable (intent_committed) every member is
+          -- recorded and nothing sent yet; the next commit (in_commit:2)
+          -- comes after the send: the shared request is made, its id not
+          -- durable.
           local lost = facts.unknown_parts > 0 and 1 or 0
           local detail = ("provider jobs %d, ids known %d, unknown parts %d"):format(stats.jobs, facts.ids,
                                                                                    facts.unknown_parts)
           assert.is_true(facts.ids <= stats.jobs, detail .. context)
           assert.is_true(stats.jobs <= facts.ids + lost, detail .. context)
           local after_send = MUST_BE_UNKNOWN[point] or point == "id_committed" or point == "terminal_read"
+            or at == "in_commit:2"
           if after_send then assert.equal(stats.jobs, facts.ids + lost, detail .. context) end
+          if not finished1 and at == "in_commit:1" then
+            assert.equal(0, stats.jobs, "killed in the intents' commit: nothing sent" .. context)
+            assert.equal(0, #jobs, "killed in the intents' commit: nothing recorded" .. context)
+          end
+          if not finished1 and point == "intent_committed" then
+            assert.equal(0, stats.jobs, "the intents durable: nothing sent yet" .. context)
+            assert.equal(2, unknown, "every member's intent was durable at once" .. context)
+          end
+          if not finished1 and at == "in_commit:2" then
+            assert.equal(1, stats.jobs, "the commit after the intents' one comes after the send" .. context)
+            assert.same({ 0, 2 }, { facts.ids, unknown }, detail .. context)
+          end
           if point == "id_committed" or point == "terminal_read" then assert.equal(0, unknown, detail .. context) end
           if finished1 then assert.equal(1, stats.jobs, "the three people went in one request" .. context) end
         elseif provider ~= "lance" then   -- lance's ids are per-person records, resent for free

@@ -106,6 +106,42 @@ describe("enrich.store (sqlite)", function()
     assert.is_true(commits <= 3, "commits: " .. commits)
   end)
 
+  for _, threaded in ipairs { true, false } do
+    it("intents(list): one task's intents of many jobs in ONE commit" .. (threaded and "" or " (inline commits)"),
+       function()
+      local commits = 0
+      in_loop(path, function(sched, s)
+        local real = s.w
+        s.w = setmetatable({ commit = function(_, ...) commits = commits + 1; return real:commit(...) end },
+                           { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+        local list = {}
+        for i = 1, 20 do
+          local job = fake_job(sched, "g" .. i)
+          list[i] = { job = job, part = job.parts[1] }
+        end
+        local two = fake_job(sched, "g21", 2)            -- a job twice: its snapshot goes once
+        list[21], list[22] = { job = two, part = two.parts[1] }, { job = two, part = two.parts[2] }
+        assert.is_true(s:intents(list))
+        assert.equal(1, commits)                         -- durable on return, after one commit
+        assert.is_true(s:intents({}))
+        assert.equal(1, commits)
+        s.w = real
+        local open = s:jobs_unfinished()
+        assert.equal(21, #open)
+        assert.is_true(open[21].parts[1].intent and open[21].parts[2].intent)
+        assert.same({ first = "ada1" }, open[1].parts[1].inputs[1])
+        -- One member that cannot be encoded refuses the whole list: nothing queued.
+        local bad, good = fake_job(sched, "bad"), fake_job(sched, "good")
+        bad.opts = { kind = function() end }
+        local ok, err = s:intents({ { job = good, part = good.parts[1] }, { job = bad, part = bad.parts[1] } })
+        assert.is_nil(ok)
+        assert.equal("encode", err.reason)
+        assert.is_nil(s:job("good"))
+        assert.equal(0, s.queued)
+      end, { thread = threaded })
+    end)
+  end
+
   it("goes on with a new loop after the one it was used on is closed", function()
     local s = assert(estore.open("sqlite:" .. path))
     local old = assert(scheduler.new())

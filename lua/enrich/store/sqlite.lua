@@ -10,7 +10,8 @@
 -- waits and goes as the next one, so a busy loop makes few, large commits
 -- (group commit). The hooks that must be durable before the engine goes on
 -- (intent, accepted) park their task until their batch has committed; the
--- others (changed, finished, answer_put, meta_put) ride along.
+-- others (changed, finished, answer_put, meta_put) ride along. intents()
+-- queues a coalesced batch's intents at once: they share one commit.
 local core = require "enrich.core"
 local cjson = require("cjson.safe").new()
 local crash = require "enrich.crash"
@@ -60,6 +61,9 @@ local SCHEMA = {
 
 -- The writer's statements, by number (w:add(k, ...)).
 local S_JOB, S_PART, S_ACCEPTED, S_JOB_ID, S_STATE, S_FINISHED, S_ANSWER, S_META = 1, 2, 3, 4, 5, 6, 7, 8
+-- ... by name, for specs that watch what a commit carries.
+_M.STATEMENT = { job = S_JOB, part = S_PART, accepted = S_ACCEPTED, job_id = S_JOB_ID, state = S_STATE,
+                 finished = S_FINISHED, answer = S_ANSWER, meta = S_META }
 local STATEMENTS = {
   [S_JOB] = [[INSERT INTO jobs (uid, provider, state, provider_id, snapshot, saved_at, updated_at)
               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -347,31 +351,59 @@ local function intent_json(job, part, snap)
   return encode(intent)
 end
 
+--- The intents of several parts (a coalesced batch's members, each job
+--- its own), queued together and committed in ONE transaction: the task
+--- parks once, for one fsync, however many. list = { { job = j, part = p },
+--- ... }. true when every one is durable, or nil and err (then none is
+--- written: the caller must not send). Optional for a store (the engine
+--- falls back to intent() per member); the Redis store's would pipeline
+--- its intent scripts and wait for the last reply.
+function store_mt:intents(list)
+  check_open(self)
+  local n = #list
+  if n == 0 then return true end
+  local sched = list[1].job.client and list[1].job.client.sched
+  self.sched = sched or self.sched
+  -- Everything encoded first: a member that cannot be recorded refuses the
+  -- whole send before a row is queued.
+  local rows, seen = {}, {}
+  for i = 1, n do
+    local job, part = list[i].job, list[i].part
+    -- The job's snapshot goes with its first intent: every part still
+    -- holds its inputs then. Later parts add their intents only.
+    local first = not (self.recorded[job] or seen[job])
+    seen[job] = true
+    local snap = first and job:snapshot() or nil
+    local sjson, err1 = false, nil
+    if first then sjson, err1 = encode(snap) end
+    local ijson, err2 = intent_json(job, part, snap)
+    if (first and not sjson) or not ijson then
+      return nil, store.error("cannot record the job: " .. tostring(err1 or err2), { reason = "encode" })
+    end
+    rows[i] = { sjson, ijson }
+  end
+  local t = now()
+  for i = 1, n do
+    local job, part, r = list[i].job, list[i].part, rows[i]
+    if r[1] then self:_add(sched, S_JOB, job.uid, job.provider, job.state, job.id, r[1], t, job.updated_at) end
+    self:_add(sched, S_PART, part.uid, job.uid, part_index(part) or 0, r[2], t)
+  end
+  local ok, err = self:_durable(sched)
+  if not ok then return nil, err end
+  for i = 1, n do
+    local job = list[i].job
+    self.recorded[job] = true
+    self.live[job.uid] = job
+  end
+  for _ = 1, n do crash.point("intent_committed") end   -- one pass per intent, as intent() counts them
+  return true
+end
+
 --- The intent: committed before the first byte of the part's submit is
 --- sent. Parks the task until durable. true, or nil and err (not sent).
 function store_mt:intent(job, part)
   check_open(self)
-  local sched = job.client and job.client.sched
-  self.sched = sched or self.sched
-  -- The job's snapshot goes with its first intent: every part still holds
-  -- its inputs then. Later parts add their intents only.
-  local first = not self.recorded[job]
-  local snap = first and job:snapshot() or nil
-  local sjson, err1 = true, nil
-  if first then sjson, err1 = encode(snap) end
-  local ijson, err2 = intent_json(job, part, snap)
-  if not (sjson and ijson) then
-    return nil, store.error("cannot record the job: " .. tostring(err1 or err2), { reason = "encode" })
-  end
-  local t = now()
-  if first then self:_add(sched, S_JOB, job.uid, job.provider, job.state, job.id, sjson, t, job.updated_at) end
-  self:_add(sched, S_PART, part.uid, job.uid, part_index(part) or 0, ijson, t)
-  local ok, err = self:_durable(sched)
-  if not ok then return nil, err end
-  self.recorded[job] = true
-  self.live[job.uid] = job
-  crash.point("intent_committed")
-  return true
+  return self:intents({ { job = job, part = part } })
 end
 
 local function part_state_json(part)
