@@ -29,14 +29,15 @@ test_dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/result.c", "csrc/thread.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "pthread" },
+      libraries = { "curl", "pthread", "hiredis" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },
     },
