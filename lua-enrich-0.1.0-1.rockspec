@@ -35,7 +35,7 @@ build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       libraries = { "curl", "pthread", "hiredis" },
       incdirs = { "$(CURL_INCDIR)" },

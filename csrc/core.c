@@ -388,6 +388,7 @@ static const luaL_Reg CORE_FUNCS[] = {
   { "new", core_new },
   { "now", core_now },
   { "versions", core_versions },
+  { "sha256", ec_sha256 },
   { NULL, NULL }
 };
 

@@ -150,6 +150,9 @@ int  ec_redis_connect(lua_State *L);        /* engine:redis(opts) */
 void ec_redis_detach(ec_engine *e);         /* at engine close: every connection closes */
 int  ec_redis_deliver(lua_State *L, ec_engine *e, int arr, int n, lua_Integer max);
 
+/* sha256.c: core.sha256(s) -> hex */
+int  ec_sha256(lua_State *L);
+
 /* thread.c: an engine whose transfers run on their own thread (io_thread):
  * submit hands a built transfer over, poll collects finished ones. */
 const char *ec_io_start(ec_engine *e);      /* NULL, or why it could not start */

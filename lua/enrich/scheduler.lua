@@ -418,9 +418,13 @@ local function deliver(self, done, limit)
     local co = self.waiting[c.id]
     if co then
       self.waiting[c.id] = nil
-      release(self, self.host_of[c.id])
-      self.host_of[c.id] = nil
-      if i > 1 and over(limit) then enqueue(self, co, c) else resume(self, co, c) end
+      local host = self.host_of[c.id]
+      if host then                       -- a Redis reply (enrich.redis) holds no host slot
+        release(self, host)
+        self.host_of[c.id] = nil
+      end
+      if type(co) == "function" then co(c)  -- a callback waiter (enrich.redis): C-free, never yields
+      elseif i > 1 and over(limit) then enqueue(self, co, c) else resume(self, co, c) end
     end
   end
 end
