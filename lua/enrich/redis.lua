@@ -75,13 +75,30 @@ local function to_error(c, what)
                     "redis " .. what .. ": " .. tostring(e.message), { retryable = true })
 end
 
+-- The loop's side, for both shapes of enrich.scheduler: its engine, and
+-- a way to park the running task until a callback wakes it.
+local function engine_of(sched)
+  if sched.core then return sched:core() end
+  return sched.engine
+end
+
+local function parker(sched)
+  if sched.waker then                                  -- tasks with wake tokens
+    local task, token = sched:waker()
+    return function(v) sched:wake(task, token, v) end, function() return sched:park() end
+  end
+  local co = co_running()
+  return function(v) sched:wake(co, v) end, co_yield
+end
+_M.parker = parker
+
 -- The connection, made (again) when missing or closed. Its first command
 -- selects the database; a reply to it is not waited for (order holds).
 local function connection(self)
   local conn = self.conn
   if conn and conn:status() ~= "closed" then return conn end
   local err
-  conn, err = self.sched.engine:redis { host = self.host, port = self.port }
+  conn, err = engine_of(self.sched):redis { host = self.host, port = self.port }
   if not conn then return nil, err end
   self.conn = conn
   self.connects = self.connects + 1
@@ -114,16 +131,20 @@ end
 -- One try: parks the task (or drives the loop) until the reply.
 local function call_once(self, argv)
   local sched = self.sched
-  local task = sched:current()
+  local in_task = sched:current() ~= nil
   local done, reply, err = false, nil, nil
-  local co = task and co_running()
+  local wake, park
+  if in_task then wake, park = parker(sched) end
   local ok, serr = self:send(argv, function(r, e)
     done, reply, err = true, r, e
-    if co then sched:wake(co, true) end
+    if wake then wake(true) end
   end)
   if not ok then return nil, serr end
-  if co then
-    while not done do co_yield() end     -- woken once, by the reply (or its timeout)
+  if in_task then
+    for _ = 1, 1e6 do                    -- woken once, by the reply (or its timeout)
+      if done then break end
+      park()
+    end
   else
     if rawget(_G, "ngx") and ngx.get_phase and ngx.get_phase() ~= "init" then
       error("enrich.redis: call() outside an enrich task would block this nginx worker; "
