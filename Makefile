@@ -8,10 +8,12 @@ PKG_luajit  := luajit
 CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 HIREDIS_LIBS := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
+SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
+SQLITE_LIBS := $(shell pkg-config --libs sqlite3 2>/dev/null || echo -lsqlite3)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 CFLAGS      ?= -O2 -g
 ALL_CFLAGS  := $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC \
-               -fvisibility=hidden -pthread $(WARN) $(CURL_CFLAGS)
+               -fvisibility=hidden -pthread $(WARN) $(CURL_CFLAGS) $(SQLITE_CFLAGS)
 SOURCES     := $(wildcard csrc/*.c)
 HEADERS     := $(wildcard csrc/*.h)
 PREFIX      ?= /usr/local
@@ -31,13 +33,13 @@ build: $(foreach t,$(LUA_TARGETS),build/$(t)/enrich/core.so)
 build/%/enrich/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(PKG_$*)) -shared \
-	  -o $@ $(SOURCES) $(CURL_LIBS) $(HIREDIS_LIBS)
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(HIREDIS_LIBS)
 
 # The portable (non-epoll) loop is compiled here so it keeps building.
 build/noepoll/enrich/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DEC_NO_EPOLL $(shell pkg-config --cflags lua5.4) -shared \
-	  -o $@ $(SOURCES) $(CURL_LIBS) $(HIREDIS_LIBS)
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(HIREDIS_LIBS)
 
 lint: build build/noepoll/enrich/core.so
 	lua5.4 scripts/check-rockspec.lua $(ROCKSPEC)

@@ -29,17 +29,18 @@ test_dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
   HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "pthread", "hiredis" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "pthread", "hiredis" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
     },
     ["enrich.client"] = "lua/enrich/client.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",

@@ -414,6 +414,7 @@ int luaopen_enrich_core(lua_State *L) {
   lua_setfield(L, -2, "_NAME");
   lua_pushliteral(L, EC_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  ec_sqlite_open(L);                       /* core.sqlite: the durable store's binding */
   /* JSON null as decoded (cjson.null), so callers can compare against it. */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");

@@ -168,4 +168,7 @@ int  ec_io_orphaned(const ec_engine *e);    /* 1: in a child forked after the th
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);
 
+/* sqlite.c: sets module.sqlite on the module table at the top of the stack */
+void ec_sqlite_open(lua_State *L);
+
 #endif

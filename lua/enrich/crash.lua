@@ -33,12 +33,20 @@ end
 
 local seen = 0
 
+--- Counts a pass at `name` like point(), without killing: true when this
+--- is the pass that must crash. For a point reached on another thread
+--- (the store's writer commits there): the caller has it killed there.
+function _M.due(name)
+  if name ~= armed_point then return false end
+  seen = seen + 1
+  return seen == armed_n
+end
+
 --- Marks that the process reached `name`. Kills the process (SIGKILL, no
 --- cleanup, no flush) when ENRICH_CRASH_AT names this point and count.
 function _M.point(name)
   if name ~= armed_point then return end
-  seen = seen + 1
-  if seen == armed_n then
+  if _M.due(name) then
     io.stdout:flush(); io.stderr:flush()
     -- The shell's parent is this process: $PPID is our pid.
     execute("kill -9 $PPID")
