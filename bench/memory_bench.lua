@@ -39,7 +39,7 @@ for i = 1, n do jobs[i] = assert(client:submit(inputs[i])) end
 local sched = enrich.scheduler()
 local limit = sched.now() + 600
 local function settled()
-  if sched:transfers() > 0 or sched.ready_head <= sched.ready_tail then return false end
+  if sched:transfers() > 0 or sched:next_wakeup() == 0 then return false end
   for i = 1, n do if jobs[i].polls < 1 then return false end end
   return true
 end

@@ -11,6 +11,7 @@ local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostrin
 
 local _M = { _VERSION = "0.1.0" }
 local client_mt = {}
+_M.client_mt = client_mt
 client_mt.__index = client_mt
 -- Never print a key: a client shows only its provider.
 client_mt.__tostring = function(c) return "enrich.client(" .. c.spec.name .. ")" end
@@ -20,24 +21,35 @@ local NO_OPTIONS = setmetatable({}, { __newindex = function() error("submit opti
 local OPTIONS = {
   api_key = "string", base_url = "string", poll = "table", retry = "table",
   rate = "table", timeout = "number", connect_timeout = "number", max_body = "number",
+  credits_cooldown = "number", store = "table",
 }
 
--- Per (provider, key): the rate limit bucket and the "out of credits" stop,
--- shared by every client with that key. Keys are kept only in memory.
-local shared = setmetatable({}, { __mode = "k" })
+-- After a `credits` answer, submits with that key fail fast for this many
+-- seconds; then one is let through, and its success closes the breaker.
+_M.DEFAULT_CREDITS_COOLDOWN = 60
+
+-- Per (provider, key), shared by every client with that key (providers
+-- count per key, not per client object): the rate bucket, the retry
+-- budget, the credits breaker, and the lane the scheduler runs the key's
+-- steps in. Keys are kept only in memory, as table keys here.
 local by_key = {}
 
--- A client that sets `rate` itself sets it for the key: the provider counts
--- per key, so one bucket per key, with the latest explicit setting.
-local function shared_state(spec, key, rate, explicit)
+-- A client that sets `rate` (or the retry budget) itself sets it for the
+-- key: the latest explicit setting wins.
+local function shared_state(spec, key, rate, retry, opts)
   local id = spec.name .. "\0" .. key
   local s = by_key[id]
   if not s then
-    s = { bucket = rate and ratelimit.new(rate.per_second, rate.burst) }
+    s = { active = 0, retry_tokens = retry.budget }
     by_key[id] = s
-    shared[s] = true
-  elseif explicit then
-    s.bucket = ratelimit.new(rate.per_second, rate.burst)
+  end
+  if not s.bucket or opts.rate then s.bucket = rate and ratelimit.new(rate.per_second, rate.burst) end
+  if not s.retry or (opts.retry and opts.retry.budget) then
+    s.retry_max, s.retry_tokens = retry.budget, retry.budget
+  end
+  s.retry = retry
+  if not s.cooldown or opts.credits_cooldown then
+    s.cooldown = opts.credits_cooldown or _M.DEFAULT_CREDITS_COOLDOWN
   end
   return s
 end
@@ -63,6 +75,18 @@ function _M.new(sched, name_or_spec, opts)
   if not opts.api_key or opts.api_key == "" then
     return nil, errors.new("auth", "no api_key given for " .. spec.name, { provider = spec.name })
   end
+  -- A key read from a file often ends in "\n": it could never be sent as a
+  -- header, so say so here (never showing the key).
+  if opts.api_key:find("[%c\127]") then
+    local what = opts.api_key:find("[\r\n]") and "a line break" or "a control character"
+    return nil, errors.new("auth", "the api_key for " .. spec.name .. " contains " .. what
+      .. " (read from a file? trim it)", { provider = spec.name })
+  end
+  for _, k in ipairs({ "timeout", "connect_timeout", "max_body", "credits_cooldown" }) do
+    if opts[k] ~= nil and not (opts[k] > 0 or (k == "credits_cooldown" and opts[k] == 0)) then
+      error("enrich.client: '" .. k .. "' must be a positive number", 3)
+    end
+  end
   local base = opts.base_url or spec.base_url
   if not base:match("^https?://") then
     return nil, errors.new("invalid", "base_url must start with http:// or https://", { provider = spec.name })
@@ -70,7 +94,7 @@ function _M.new(sched, name_or_spec, opts)
   local rate = spec.rate
   if opts.rate then rate = policy.merge(spec.rate or { per_second = 1, burst = 1 }, opts.rate, "rate") end
   local c = setmetatable({
-    sched = sched, spec = spec,
+    sched = sched, spec = spec, store = opts.store,
     base_url = base:gsub("/+$", ""),
     host = scheduler.host_of(base),             -- its transfers share this host's slots
     poll = policy.merge(policy.merge(policy.DEFAULT_POLL, spec.poll, "poll"), opts.poll, "poll"),
@@ -98,7 +122,7 @@ function _M.new(sched, name_or_spec, opts)
     end
     return s
   end
-  c.shared = shared_state(spec, key, rate, opts.rate ~= nil)
+  c.shared = shared_state(spec, key, rate, c.retry, opts)
   return c
 end
 
@@ -113,15 +137,67 @@ function client_mt:throttle()
   end
 end
 
---- Sees every failed request: an out-of-credits answer stops submitting.
+--- Sees every failed request: an out-of-credits answer opens the key's
+--- credits breaker for the cooldown.
 function client_mt:observe(err)
-  if err.code == "credits" then self.shared.blocked = err end
+  if err.code == "credits" then
+    local s = self.shared
+    s.breaker, s.open_until, s.trial = err, self.sched.now() + s.cooldown, false
+  end
 end
 
-function client_mt:blocked() return self.shared.blocked end
+--- The credits error while the breaker is open and its cooldown runs (or
+--- its one trial submit is out); nil when a submit may go.
+function client_mt:blocked()
+  local s = self.shared
+  if not s.breaker then return nil end
+  if s.trial or self.sched.now() < s.open_until then return s.breaker end
+  return nil
+end
 
---- Clears the "out of credits" stop (after a top-up, say).
-function client_mt:resume_submitting() self.shared.blocked = nil end
+--- For the engine, right before a part's submit: nil (go; after a
+--- cooldown this submit is the breaker's one trial) or the credits error.
+function client_mt:take_submit()
+  local blocked = self:blocked()
+  if blocked then return blocked end
+  if self.shared.breaker then self.shared.trial = true end
+  return nil
+end
+
+--- A submit ended (id on success): a success closes the breaker; a trial
+--- that failed for another reason lets the next submit try.
+function client_mt:submit_ended(id, err)
+  local s = self.shared
+  if id then
+    s.breaker, s.open_until, s.trial = nil, nil, false
+  elseif s.breaker and not (err and err.code == "credits") then
+    s.trial = false
+  end
+end
+
+--- Closes the credits breaker at once (after a top-up, say).
+function client_mt:resume_submitting()
+  local s = self.shared
+  s.breaker, s.open_until, s.trial = nil, nil, false
+end
+
+--- A request succeeded: the key's retry budget gets a token back (what
+--- the retries cost, when it took some).
+function client_mt:succeeded(attempt)
+  local s = self.shared
+  local back = attempt > 1 and (attempt - 1) * s.retry.budget_cost or 1
+  s.retry_tokens = math.min(s.retry_max, s.retry_tokens + back)
+end
+
+--- Takes the cost of one retry from the key's budget; false when too few
+--- tokens are left (the failure then surfaces at once).
+function client_mt:spend_retry(err)
+  local s = self.shared
+  local cost = s.retry.budget_cost * (err.code == "timeout" and 2 or 1)
+  if s.retry_tokens < cost then return false end
+  s.retry_tokens = s.retry_tokens - cost
+  return true
+end
 
 --- client:submit(inputs, opts) -> job | nil, err
 function client_mt:submit(inputs, opts)

@@ -11,6 +11,7 @@ local CODES = {
   auth = false, credits = false, not_found = false, invalid = false,
   rate_limited = true, server = true, network = true, timeout = true,
   protocol = false, cancelled = false, unsupported = false,
+  unknown = false,     -- sent, no answer read, not safe to resend: the provider may have acted
 }
 _M.CODES = CODES
 

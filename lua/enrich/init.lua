@@ -5,9 +5,19 @@
 --   local job = assert(client:submit(people, { kind = "email" }))
 --   job:wait()
 --
--- One loop per Lua state (per nginx worker in OpenResty), made on first use.
+-- One loop per Lua state (per nginx worker in OpenResty), made on first use;
+-- its engine (libcurl, an epoll set) at the first turn or transfer, so a
+-- client made before a fork() leaves nothing of libcurl in the parent.
+--
+-- Lua 5.4, 5.3 and LuaJIT 2.1 (OpenResty). PUC Lua 5.1 and 5.2 cannot
+-- yield across pcall, which every engine step does; refuse them clearly.
+if _VERSION == "Lua 5.1" and not jit or _VERSION == "Lua 5.2" then
+  error("lua-enrich needs Lua 5.3, 5.4 or LuaJIT 2.1 (OpenResty); " .. _VERSION
+    .. " cannot yield across pcall, which the engine relies on", 2)
+end
 local scheduler = require "enrich.scheduler"
 local client = require "enrich.client"
+local jobs = require "enrich.job"
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local providers = require "enrich.providers"
@@ -25,10 +35,18 @@ local _M = {
 
 local loop, loop_opts
 
---- The loop every client and task of this Lua state shares.
-function _M.scheduler()
-  if not loop then loop = assert(scheduler.new(loop_opts)) end
+-- The loop, made at its first use (its engine later still: see core()).
+local function get_loop()
+  if not loop then loop = scheduler.new(loop_opts) end
   return loop
+end
+
+--- The loop every client and task of this Lua state shares (its engine is
+--- made here too: callers of this function read sched.engine).
+function _M.scheduler()
+  local l = get_loop()
+  l:core()
+  return l
 end
 
 local CONFIG = { io_thread = "boolean", per_host = "number" }
@@ -40,7 +58,7 @@ local CONFIG = { io_thread = "boolean", per_host = "number" }
 --- The loop is made at its first use, with these options: in OpenResty's
 --- init_by_lua, each worker still makes its own after the fork.
 --- Calls before the first use add up (the last value of an option wins).
---- Returns true, or nil and a message if the loop exists already.
+--- Returns true; raises once the loop exists (a misuse like any other).
 function _M.configure(opts)
   if type(opts) ~= "table" then error("enrich.configure: an options table is required", 2) end
   for k, v in pairs(opts) do
@@ -51,30 +69,53 @@ function _M.configure(opts)
   if n and (n ~= math.floor(n) or n < 1 or n > 10000) then
     error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
   end
-  if loop then return nil, "enrich.configure: the loop is already running; configure before the first use" end
+  if loop then error("enrich.configure: the loop is already running; configure before the first use", 2) end
   loop_opts = loop_opts or {}              -- a later call adds to an earlier one
   for k, v in pairs(opts) do loop_opts[k] = v end
   return true
 end
 
 function _M.client(name_or_spec, opts)
-  return client.new(_M.scheduler(), name_or_spec, opts)
+  return client.new(get_loop(), name_or_spec, opts)
+end
+
+--- A live job from job:snapshot() (see enrich.job.from_snapshot).
+function _M.job_from_snapshot(c, snap)
+  if getmetatable(c) ~= client.client_mt then error("enrich.job_from_snapshot: a client is required", 2) end
+  return jobs.from_snapshot(c, snap)
+end
+
+--- For foreign event loops: the descriptor to watch for readability (nil
+--- on the portable core), and the seconds until the loop wants a tick
+--- anyway (nil: nothing scheduled). Wait for either, then enrich.tick().
+function _M.fd() return _M.scheduler().engine:fd() end
+function _M.timeout() return _M.scheduler():timeout() end
+
+--- Ends the loop: closes its engine (transfers in flight end unanswered,
+--- live jobs stay where they are) and forgets it; the next use makes a new
+--- one, and enrich.configure may be called again before it.
+function _M.close()
+  if loop then loop:close() end
+  loop = nil
 end
 
 --- Runs fn(...) in a task; drives the loop until it and every task it
---- spawned finished. Returns fn's results; raises any of their errors.
-function _M.run(fn, ...) return _M.scheduler():run(fn, ...) end
+--- spawned finished. Returns fn's results; raises the first error of one
+--- of them (its other tasks are then abandoned; tasks of other runs, and
+--- those spawned outside any run, go on).
+function _M.run(fn, ...) return get_loop():run(fn, ...) end
 
---- Starts fn(...) as a task (inside run, or driven by tick/wait).
+--- Starts fn(...) as a task (inside run: one of that run's; outside any,
+--- driven by tick/wait/sleep, which raise its error).
 function _M.spawn(fn, ...)
   if type(fn) ~= "function" then error("enrich.spawn: a function is required", 2) end
-  return _M.scheduler():go(fn, nil, ...)
+  return get_loop():go(fn, nil, ...)
 end
 
 --- Waits `seconds`: yields inside a task, drives the loop outside one.
 function _M.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 then error("enrich.sleep: seconds must be >= 0", 2) end
-  local s = _M.scheduler()
+  local s = get_loop()
   if s:current() then return s:sleep(seconds) end
   if s.host_sleep then return s.host_sleep(seconds) end
   local deadline = s.now() + seconds
@@ -95,8 +136,10 @@ function _M.tick(budget)
   if budget ~= nil and (type(budget) ~= "number" or budget <= 0) then
     error("enrich.tick: budget must be a positive number of seconds", 2)
   end
-  local s = _M.scheduler()
-  local live = s:step(0, budget or _M.TICK_BUDGET)
+  local s = get_loop()
+  budget = budget or _M.TICK_BUDGET
+  local live
+  if budget then live = s:tick(budget) else live = s:step(0) end
   s:check_failure(2)
   return live
 end

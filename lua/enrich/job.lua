@@ -3,52 +3,81 @@
 -- client's cadence until every part is terminal, then normalized into one
 -- result item per input, in input order.
 --
+-- Its life is three engine steps (submit, check, cancel) and one function,
+-- set_state, through which every change of job.state passes: the store
+-- hears of each change there, and waiters wake there.
+--
 -- Between polls a job is only an entry in the scheduler's timer heap (it is
--- its own heap node); a coroutine exists only while a step does HTTP. A
--- waiting job keeps at most 16 fields, so Lua sizes its table at 16 slots.
--- A waiting part keeps only what the next check needs: Lua tables never
--- shrink, so the engine replaces a part by a right-sized copy once it has
--- dropped what it held during a step (inputs already sent, for a provider
--- with keep_inputs = false; the items table and status body of a check).
+-- its own heap node) and keeps 16 fields, so Lua sizes its table at 16
+-- slots; what a step needs for a while (its waiters, "a cancel runs") lives
+-- in tables of this module, not on the job.
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local request = require "enrich.request"
+local crash = require "enrich.crash"
+local core = require "enrich.core"
 
-local ipairs, pairs, type, next, getmetatable, min, max, os_time =
-  ipairs, pairs, type, next, getmetatable, math.min, math.max, os.time
+local ipairs, pairs, type, next, pcall, tostring, getmetatable, setmetatable, min, max, os_time, format =
+  ipairs, pairs, type, next, pcall, tostring, getmetatable, setmetatable, math.min, math.max, os.time,
+  string.format
 local iso = policy.iso8601
 
-local _M = { _VERSION = "0.1.0" }
+local _M = { _VERSION = "0.2.0" }
 local job_mt = {}
 job_mt.__index = job_mt
 _M.job_mt = job_mt
 
-local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true }
+local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true,
+                   unknown = true }
 _M.TERMINAL = TERMINAL
 
-local function touch(job)
-  job.updated_at = iso(os_time())
+local waiters = setmetatable({}, { __mode = "k" })     -- job -> { task or callback, token, ... }
+local cancelling = setmetatable({}, { __mode = "k" })  -- job -> "running" | "over"
+local checking = setmetatable({}, { __mode = "k" })    -- job -> true while a check step runs
+local resumed_deadline = setmetatable({}, { __mode = "k" })   -- job -> seconds left, until start()
+
+---------------------------------------------------------------------------
+-- Local unique ids: a random prefix per process, then a counter.
+
+local uid_prefix, uid_pid, uid_seq = nil, nil, 0
+local function new_uid()
+  local pid = core.getpid and core.getpid()
+  if not uid_prefix or pid ~= uid_pid then
+    local f = io.open("/dev/urandom", "rb")
+    local bytes = f and f:read(6)
+    if f then f:close() end
+    if bytes and #bytes == 6 then
+      uid_prefix = bytes:gsub(".", function(c) return format("%02x", c:byte()) end)
+    else                                 -- no /dev/urandom: the clock and an address
+      uid_prefix = format("%x%s", os_time(), (tostring({}):match("(%x+)$") or ""):sub(-6))
+    end
+    uid_pid, uid_seq = pid, 0
+  end
+  uid_seq = uid_seq + 1
+  return uid_prefix .. "-" .. format("%x", uid_seq)
 end
+_M.new_uid = new_uid
 
 --- A new job (not started). prepared[i] is the provider's form of inputs[i].
 function _M.new(client, inputs, prepared, opts)
   local n = #prepared
   local size = client.spec.batch_size or n
+  local uid = new_uid()
   local parts = {}
   if n <= size then
-    parts[1] = { inputs = prepared, count = n }   -- one part: no copy
+    parts[1] = { uid = uid .. "/1", inputs = prepared, count = n }   -- one part: no copy
   else
     for first = 1, n, size do
       local last = min(first + size - 1, n)
-      local part = { inputs = {}, count = last - first + 1 }
+      local part = { uid = uid .. "/" .. (#parts + 1), inputs = {}, count = last - first + 1 }
       for i = first, last do part.inputs[i - first + 1] = prepared[i] end
       parts[#parts + 1] = part
     end
   end
-  local t = os_time()
+  local t = iso(os_time())
   return setmetatable({
-    provider = client.spec.name, state = "queued",
-    created_at = iso(t), updated_at = iso(t),
+    uid = uid, provider = client.spec.name, state = "queued",
+    created_at = t, updated_at = t,
     client = client, inputs = inputs, opts = opts,
     parts = parts, polls = 0,
   }, job_mt)
@@ -56,14 +85,38 @@ end
 
 function job_mt:done() return TERMINAL[self.state] == true end
 
--- Wakes everyone waiting for this job, or for its next check: a task
--- (a coroutine, resumed by the loop) or a host's callback (OpenResty posts
--- a semaphore: a request's coroutine is not ours to resume).
-local function wake_all(job, list, value)
+--- True while a check step of the job is under way (for specs and hosts).
+function _M.is_checking(job) return checking[job] == true end
+
+local function wake_all(job)
+  local list = waiters[job]
   if not list then return end
-  for _, w in ipairs(list) do
-    if type(w) == "function" then w(value) else job.client.sched:wake(w, value) end
+  waiters[job] = nil
+  local sched = job.client.sched
+  for i = 1, #list, 2 do
+    local w = list[i]
+    if type(w) == "function" then w(true) else sched:wake(w, list[i + 1], true) end
   end
+end
+
+---------------------------------------------------------------------------
+-- Results and the one state change
+
+local function protocol(job, message, fields)
+  fields = fields or {}
+  fields.provider = job.provider
+  return errors.new("protocol", message, fields)
+end
+
+-- An error from a provider file in the one shape: tables with a known code
+-- pass; anything else becomes a `protocol` error saying what it was.
+local function as_error(job, e)
+  if type(e) == "table" and errors.CODES[e.code] ~= nil then
+    if not errors.is(e) then e = errors.new(e.code, e.message, e) end
+    return e
+  end
+  return protocol(job, "the provider file returned an error that is not an enrich error: "
+    .. tostring(type(e) == "table" and (e.message or e.code) or e):match("^[^\n]*"))
 end
 
 local function item_for(job, part, k, index)
@@ -82,84 +135,99 @@ local function item_for(job, part, k, index)
   return item
 end
 
--- Builds results, counts and the final state. `forced` is timed_out or
--- cancelled; otherwise the parts decide.
-local function finish(job, forced, err)
-  if job:done() then return end
-  job.client.sched:cancel_timer(job)
-  job.state = forced or "running"
+-- Results and counts from the parts; the final state when `state` is nil
+-- (the parts decide), else `state` (timed_out, cancelled).
+local function build_results(job, state, err)
   local results, counts = {}, { total = #job.inputs, found = 0, not_found = 0, failed = 0, pending = 0 }
-  local part_errors, parts_ok, credits = 0, 0, nil
-  local first = 1                        -- parts follow input order: part k starts where k-1 ended
+  local parts_ok, first_error, unknown, credits = 0, nil, nil, nil
+  local first = 1                        -- parts follow input order
   for _, part in ipairs(job.parts) do
-    if part.error then part_errors = part_errors + 1 else parts_ok = parts_ok + 1 end
+    local e = part.error
+    if e then
+      first_error = first_error or e
+      if e.code == "unknown" then unknown = unknown or e end
+    else
+      parts_ok = parts_ok + 1
+    end
     if part.credits then credits = (credits or 0) + part.credits end
-    local count = part.count
-    for k = 1, count do
-      local index = first + k - 1
-      local item = item_for(job, part, k, index)
-      results[index] = item
+    for k = 1, part.count do
+      local item = item_for(job, part, k, first + k - 1)
+      results[first + k - 1] = item
       counts[item.status] = (counts[item.status] or 0) + 1
     end
-    first = first + count
+    first = first + part.count
   end
   job.results, job.counts = results, counts
   if credits then job.cost = { credits = credits } end
-  if not forced then
-    local first_error
-    for _, part in ipairs(job.parts) do first_error = first_error or part.error end
-    if parts_ok == 0 then
-      job.state, err = "failed", first_error
-    elseif part_errors > 0 or counts.failed > 0 then
-      job.state, err = "partial", first_error
-    else
-      job.state = "succeeded"
-    end
-  end
-  job.error = err
-  local t = iso(os_time())
-  job.updated_at, job.finished_at = t, t
-  job.client.sched.live_jobs = job.client.sched.live_jobs - 1
-  local waiters, checks = job.waiters, job.check_waiters
-  job.waiters, job.check_waiters = nil, nil
-  wake_all(job, waiters, true)
-  wake_all(job, checks, true)
+  if state then return state, err end
+  if parts_ok == 0 then return unknown and "unknown" or "failed", unknown or first_error end
+  if first_error or counts.failed > 0 then return "partial", first_error end
+  return "succeeded", nil
 end
 
--- A Lua error inside a provider step: the body did not look as documented
--- (or the mapping has a bug). Either way the job fails, loudly and once.
+local function store_call(job, hook, ...)
+  local store = job.client.store
+  if not (store and store[hook]) then return true end
+  local ok, done, err = pcall(store[hook], store, ...)
+  if not ok then return nil, tostring(done) end
+  return done, err
+end
+
+--- Every change of job.state passes here. A terminal state (nil: the
+--- parts decide) builds results first, then the store records it
+--- (finished; changed otherwise), then waiters wake. Returns false on a
+--- job already terminal: nothing changes after the end.
+local function set_state(job, state, err)
+  if TERMINAL[job.state] then return false end
+  local sched = job.client.sched
+  local t = iso(os_time())
+  job.updated_at = t
+  if state and not TERMINAL[state] then
+    job.state = state
+    store_call(job, "changed", job)
+    return true
+  end
+  sched:cancel_timer(job)
+  state, err = build_results(job, state, err)
+  job.state, job.error, job.finished_at = state, err, t
+  sched.live_jobs = sched.live_jobs - 1
+  crash.point("terminal_read")
+  local ok, e = store_call(job, "finished", job)
+  if not ok then job.store_error = e end
+  wake_all(job)
+  return true
+end
+_M.set_state = set_state
+
+---------------------------------------------------------------------------
+-- The steps
+
+-- A Lua error escaping a step (a bug of the engine or of a provider file
+-- outside its guarded calls): the job fails, once.
 local function step_failed(msg, job)
   if job:done() then return end
-  local e = errors.new("protocol", "provider mapping failed: " .. tostring(msg):match("^[^\n]*"),
-                       { provider = job.provider })
+  local e = protocol(job, "provider mapping failed: " .. tostring(msg):match("^[^\n]*"))
   for _, part in ipairs(job.parts) do
     if not part.done then part.error, part.done = e, true end
   end
-  finish(job, nil, e)
+  set_state(job)
 end
-local STEP = { on_error = step_failed }
 
 local function schedule_poll(job, hint)
-  local p = job.client.poll
-  local now = job.client.sched.now()
+  local sched, p = job.client.sched, job.client.poll
+  local t = sched.now()
   local delay = policy.poll_delay(p, job.polls, hint)
-  -- Never sleep past the deadline: one last look right at it.
-  if now + delay > job.deadline then delay = max(job.deadline - now, 0) end
-  job.client.sched:at(job, now + delay)
+  if t + delay > job.deadline then delay = max(job.deadline - t, 0) end   -- one last look at it
+  sched:at(job, t + delay)
 end
 
--- A waiting part holds no empty table: `items` exists while a step may fill
--- it, and stays only once it holds something; the status body moves to the
--- job (DESIGN's job.raw), so the part does not keep it twice.
-local function open_items(part) part.items = part.items or {} end
-local function close_items(job, part)
-  if part.items and next(part.items) == nil then part.items = nil end
-  if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
+local function all_done(job)
+  for _, part in ipairs(job.parts) do if not part.done then return false end end
+  return true
 end
 
 -- The part's fields in a fresh table (without `inputs` when `drop_inputs`):
--- filled key by key, Lua sizes it to the next power of two of what is left,
--- where the old table keeps every slot it ever grew to.
+-- Lua tables never shrink, so a waiting part is copied at the size it needs.
 local function compact(part, drop_inputs)
   local copy = {}
   for k, v in pairs(part) do
@@ -168,141 +236,244 @@ local function compact(part, drop_inputs)
   return copy
 end
 
-local function check_all(job)
-  if job:done() then return end
-  job.checking = true                   -- nil again after: a waiting job keeps no slot for it
-  local spec, ctx = job.client.spec, request.new(job.client, job)
-  local hint
-  for i, part in ipairs(job.parts) do
-    if not part.done and not job:done() and not job.cancelling then
-      open_items(part)
-      local terminal, err = spec.check(ctx, part)
-      -- A cancel begun meanwhile may be filling this part's items: it
-      -- tidies the part itself (cancel_at_provider).
-      if not job.cancelling then close_items(job, part) end
-      if err then
-        if err.retryable then
-          hint = err.retry_after and max(hint or 0, err.retry_after) or hint
-        else
-          part.error, part.done = err, true
-        end
-      elseif terminal then
-        part.done = true
-      end
-      hint = part.retry_after and max(hint or 0, part.retry_after) or hint
-      part.retry_after = nil
-      -- Still waiting: shed the slots the check grew. Not while a cancel
-      -- runs: it may hold this very table and still write to it.
-      if not (part.done or job:done() or job.cancelling) then job.parts[i] = compact(part) end
-    end
-  end
-  job.checking = nil
-  if job:done() or job.cancelling then return end   -- the cancel ends the job, and wakes its waiters
-  job.polls = job.polls + 1
-  touch(job)
-  local all = true
-  for _, part in ipairs(job.parts) do all = all and part.done end
-  local checks = job.check_waiters
-  job.check_waiters = nil
-  if all then
-    finish(job)
-  elseif job.client.sched.now() >= job.deadline then
-    finish(job, "timed_out", errors.new("timeout", "no terminal status before the poll deadline",
-                                        { provider = job.provider, retryable = true }))
+-- spec.submit under protection; its answer checked against the contract.
+local function submit_part(job, ctx, part)
+  local spec = job.client.spec
+  ctx.submitting, ctx.answered = part, false
+  local ok, id, err = pcall(spec.submit, ctx, part)
+  ctx.submitting = nil
+  if ok and type(id) == "string" and id ~= "" then return id end
+  if not ok then
+    err = protocol(job, "provider mapping failed: " .. tostring(id):match("^[^\n]*"))
+  elseif id ~= nil then
+    err = protocol(job, "the provider's submit returned a " .. type(id) .. " id, not a string")
+  elseif err == nil then
+    err = protocol(job, "the provider's submit returned neither an id nor an error")
   else
-    schedule_poll(job, hint)
+    err = as_error(job, err)
   end
-  wake_all(job, checks, true)
+  -- A 2xx came back, yet no id could be read from it: the provider may
+  -- have accepted (and charged) the submit. Never invite a resend.
+  if ctx.answered and err.code ~= "unknown" then
+    err.retryable = false
+    err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
+  end
+  return nil, err
 end
 
--- The heap calls this when the next poll is due.
-function job_mt:on_timer(sched)
-  sched:step_task(check_all, self, STEP, self.client.host)
-end
-
-local function submit_all(job)
-  local client, spec = job.client, job.client.spec
+local function submit_step(job)
+  local client = job.client
   local ctx = request.new(client, job)
-  local drop_inputs = spec.keep_inputs == false
+  local store = client.store
+  local drop_inputs = client.spec.keep_inputs == false
   for i, part in ipairs(job.parts) do
     if job:done() then return end
-    local blocked = client:blocked()
-    if blocked then
-      part.error, part.done = blocked, true
-    else
-      local id, err = spec.submit(ctx, part)
-      if id and job:done() then          -- cancelled while the submit was on its way
+    if not (part.id or part.done) then
+      local id, err
+      err = client:take_submit()         -- the credits breaker
+      if not err then
+        if store and store.intent then
+          ctx.before_send = function() return store:intent(job, part) end
+        end
+        id, err = submit_part(job, ctx, part)
+        ctx.before_send = nil
+        client:submit_ended(id, err)
+      end
+      if id then
         part.id = id
-        if spec.cancel then pcall(spec.cancel, ctx, part) end
-        return
-      elseif id then
-        part.id = id
-        -- Sent: a provider whose check and cancel read only part.count
-        -- needs the inputs no more.
-        if drop_inputs then job.parts[i] = compact(part, true) end
         job.id = job.id or id
-        job.state = "running"
-        touch(job)
+        if job:done() then               -- cancelled while the submit was on its way
+          if client.spec.cancel then
+            local ok, res, cerr = pcall(client.spec.cancel, ctx, part)
+            if not (ok and res) then part.cancel_error = as_error(job, ok and cerr or res) end
+          end
+          return
+        end
+        crash.point("answer_read")
+        local stored, serr = store_call(job, "accepted", job, part)
+        if not stored then job.store_error = serr end
+        if drop_inputs then job.parts[i] = compact(part, true) end
+        if job.state == "queued" then set_state(job, "running") end
       else
         part.error, part.done = err, true
       end
     end
   end
   if job:done() then return end
-  local all = true
-  for _, part in ipairs(job.parts) do all = all and part.done end
-  if all then return finish(job) end
+  if all_done(job) then return set_state(job) end
   schedule_poll(job)
 end
 
---- Starts submitting at the next turn of the loop.
-function job_mt:start()
-  self.deadline = self.client.sched.now() + self.client.poll.deadline
-  self.client.sched.live_jobs = self.client.sched.live_jobs + 1
-  self.client.sched:step_task(submit_all, self, STEP, self.client.host)
+-- A check that came back terminal: every item it left unset failed.
+local function fill_unset(job, part)
+  if part.error then return end
+  local items = part.items
+  for k = 1, part.count do
+    if not items[k] then
+      items[k] = { status = "failed", error = protocol(job,
+        "the provider's terminal answer has no result for this input") }
+    end
+  end
+end
+
+local function later(a, b)
+  if a and b then return max(a, b) end
+  return a or b
+end
+
+local function check_step(job)
+  if job:done() or cancelling[job] then return end
+  checking[job] = true
+  local client = job.client
+  local spec, ctx = client.spec, request.new(client, job)
+  local hint
+  for i, part in ipairs(job.parts) do
+    if part.id and not part.done then
+      part.items = part.items or {}
+      ctx.retry_after = nil
+      local ok, terminal, err = pcall(spec.check, ctx, part)
+      -- A cancel ended the job (or took over its parts) meanwhile: this
+      -- answer is stale, and nothing of it is written.
+      if job:done() or cancelling[job] then checking[job] = nil return end
+      if not ok then
+        err = protocol(job, "provider mapping failed: " .. tostring(terminal):match("^[^\n]*"))
+      elseif err ~= nil then
+        err = as_error(job, err)
+      elseif terminal == nil then
+        err = protocol(job, "the provider's check returned neither a state nor an error")
+      end
+      if err and err.retryable then
+        hint = later(hint, ctx.retry_after or err.retry_after)
+      elseif err then
+        part.error, part.done = err, true
+      elseif terminal then
+        part.done = true
+        fill_unset(job, part)
+      end
+      -- The header wins over what a body says about when to come back.
+      hint = later(hint, ctx.retry_after or part.retry_after)
+      part.retry_after = nil
+      if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
+      if not part.done then
+        if next(part.items) == nil then part.items = nil end
+        job.parts[i] = compact(part)     -- still waiting: shed the slots the check grew
+      end
+    end
+  end
+  checking[job] = nil
+  job.polls = job.polls + 1
+  job.updated_at = iso(os_time())
+  if all_done(job) then
+    set_state(job)
+  elseif client.sched.now() >= job.deadline then
+    set_state(job, "timed_out", errors.new("timeout", "no terminal status before the poll deadline",
+                                          { provider = job.provider, retryable = true }))
+  else
+    schedule_poll(job, hint)
+    wake_all(job)                        -- refresh() waits for this
+  end
+end
+
+local function cancel_step(job)
+  local spec, ctx = job.client.spec, request.new(job.client, job)
+  for _, part in ipairs(job.parts) do
+    if part.id and not part.done then
+      part.items = part.items or {}
+      local ok, res, err = pcall(spec.cancel, ctx, part)
+      if not (ok and res) then
+        part.cancel_error = as_error(job, ok and (err or "cancel returned nothing") or
+          ("provider cancel failed: " .. tostring(res):match("^[^\n]*")))
+      end
+      if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
+    end
+  end
+end
+
+local SUBMIT = { run = submit_step, failed = step_failed }
+local CHECK = { run = check_step, failed = step_failed }
+local CANCEL = {
+  run = function(job) cancel_step(job); cancelling[job] = "over"; wake_all(job) end,
+  failed = function(msg, job)
+    job.parts[1].cancel_error = protocol(job, "provider cancel failed: " .. tostring(msg):match("^[^\n]*"))
+    cancelling[job] = "over"
+    wake_all(job)
+  end,
+}
+
+-- The heap calls this when the next poll is due.
+function job_mt:on_timer(sched)
+  sched:start(CHECK, self, self.client.shared)
+end
+
+--- Starts the job at the next turn of the loop: submits the parts that
+--- have no provider id yet, then polls. A job rebuilt from a snapshot
+--- with parts never sent is started only by this call (see from_snapshot);
+--- with opts.resubmit == false those parts end `unknown` instead.
+function job_mt:start(opts)
+  if self:done() or self.deadline then return self end           -- started already
+  local sched = self.client.sched
+  self.deadline = sched.now() + (resumed_deadline[self] or self.client.poll.deadline)
+  resumed_deadline[self] = nil
+  sched.live_jobs = sched.live_jobs + 1
+  if opts and opts.resubmit == false then
+    for _, part in ipairs(self.parts) do
+      if not (part.id or part.done) then
+        part.error, part.done = errors.new("unknown",
+          "the submit may have reached the provider before a restart; not resent",
+          { provider = self.provider, retryable = false }), true
+      end
+    end
+  end
+  sched:start(SUBMIT, self, self.client.shared)
   return self
 end
 
---- Adds `w` (a task's coroutine or a host's callback) to the job's waiter
---- list `list` ("waiters": the job's end; "check_waiters": its next check).
-function _M.add_waiter(job, list, w)
-  local waiters = job[list] or {}
-  job[list] = waiters
-  for _, x in ipairs(waiters) do if x == w then return end end
-  waiters[#waiters + 1] = w
+---------------------------------------------------------------------------
+-- Waiting
+
+--- Adds `w` to the job's waiters: a host's callback (OpenResty posts a
+--- semaphore), or a task with its token. `list` is kept for old callers.
+function _M.add_waiter(job, _list, w, token)
+  local l = waiters[job]
+  if not l then l = {}; waiters[job] = l end
+  l[#l + 1], l[#l + 2] = w, token or false
 end
 
---- Takes `w` off the list again (its wait timed out).
-function _M.remove_waiter(job, list, w)
-  for i, x in ipairs(job[list] or {}) do
-    if x == w then return table.remove(job[list], i) end
+--- Takes `w` off the job's waiters again.
+function _M.remove_waiter(job, _list, w)
+  local l = waiters[job]
+  if not l then return end
+  for i = 1, #l, 2 do
+    if l[i] == w then
+      table.remove(l, i); table.remove(l, i)
+      return
+    end
   end
 end
 
 -- Waits (yielding in a task, driving the loop otherwise) until pred() or
--- `timeout` seconds; `list` names the job's waiter list to join.
+-- `timeout` seconds; true when pred() holds.
 local function wait_for(job, list, pred, timeout)
   local sched = job.client.sched
   if pred() then return true end
   local deadline = timeout and sched.now() + timeout
   if sched:current() then
-    local co = coroutine.running()
-    _M.add_waiter(job, list, co)
-    local timer
-    if deadline then
-      timer = { on_timer = function() sched:wake(co, false) end }
-      sched:at(timer, deadline)
+    while not pred() do
+      if deadline and sched.now() >= deadline then return false end
+      local task, token = sched:waker()
+      _M.add_waiter(job, list, task, token)
+      local timer = deadline and sched:wake_at(deadline, task, token)
+      local woke = sched:park()
+      if timer then sched:cancel_timer(timer) end
+      if not woke then _M.remove_waiter(job, list, task) end
     end
-    local woke = sched:park()
-    if timer then sched:cancel_timer(timer) end
-    if not woke then _M.remove_waiter(job, list, co) end
-    return pred()
+    return true
   end
   if sched.host_wait then return sched.host_wait(job, list, pred, deadline) end
   while not pred() do
-    local now = sched.now()
-    if deadline and now >= deadline then return false end
-    sched:step(deadline and min(deadline - now, 1) or 1)
+    local t = sched.now()
+    if deadline and t >= deadline then return false end
+    sched:step(deadline and min(deadline - t, 1) or 1)
     sched:check_failure(3)
   end
   return true
@@ -324,65 +495,45 @@ end
 --- the job when that check is over.
 function job_mt:refresh()
   if self:done() or self.state == "queued" then return self end
-  local polls = self.polls
-  if not self.checking and self.client.sched:cancel_timer(self) then
-    self.client.sched:at(self, self.client.sched.now())
-  end
-  wait_for(self, "check_waiters", function() return self:done() or self.polls > polls end)
+  local sched, polls = self.client.sched, self.polls
+  if not checking[self] and sched:cancel_timer(self) then sched:at(self, sched.now()) end
+  wait_for(self, "waiters", function() return self:done() or self.polls > polls end)
   return self
-end
-
-local function cancel_at_provider(job)
-  local spec, ctx = job.client.spec, request.new(job.client, job)
-  for _, part in ipairs(job.parts) do
-    if part.id and not part.done then
-      open_items(part)
-      local ok, err = spec.cancel(ctx, part)
-      close_items(job, part)
-      if not ok then part.cancel_error = err end
-    end
-  end
 end
 
 --- Cancels the job: at the provider where it can (provider files with a
---- cancel function), locally always. Returns the job.
+--- cancel function), locally always. A cancel the provider refused (or
+--- that raised) is kept in job.cancel_error and named in job.error.
 function job_mt:cancel()
   if self:done() then return self end
-  local sched = self.client.sched
+  local sched, spec = self.client.sched, self.client.spec
   sched:cancel_timer(self)
-  if self.client.spec.cancel and self.state == "running" then
-    -- Until the job ends below, a poll under way leaves the parts to the
-    -- cancel, and no further poll starts (check_all).
-    self.cancelling = true
-    if sched:current() then
-      pcall(cancel_at_provider, self)
-    else
-      local over = false
-      local function done()
-        over = true
-        local waiting = self.check_waiters
-        self.check_waiters = nil
-        wake_all(self, waiting, true)
-      end
-      sched:step_task(cancel_at_provider, self, { on_done = done, on_error = done })
-      -- Bounded, whatever the provider does; a host (OpenResty) waits its way.
-      wait_for(self, "check_waiters", function() return over end, 60)
-    end
+  if spec.cancel and self.state == "running" and not cancelling[self] then
+    cancelling[self] = "running"         -- a check in flight leaves the parts alone
+    sched:start(CANCEL, self)
+    wait_for(self, "waiters", function() return cancelling[self] == "over" end, 60)
   end
-  self.cancelling = nil
-  finish(self, "cancelled", errors.new("cancelled", "job cancelled", { provider = self.provider }))
+  cancelling[self] = nil
+  local cerr
+  for _, part in ipairs(self.parts) do cerr = cerr or part.cancel_error end
+  self.cancel_error = cerr
+  set_state(self, "cancelled", errors.new("cancelled",
+    cerr and ("job cancelled locally; the provider's cancel failed: " .. tostring(cerr.message)) or "job cancelled",
+    { provider = self.provider, cancel_error = cerr }))
   return self
 end
 
--- Part fields the engine owns or rebuilds: everything else a provider keeps
--- on a part (puffle's idempotency key, say) is its state, and a snapshot
--- keeps it, or a resumed job might pay twice.
-local ENGINE_PART_FIELDS = { inputs = true, count = true, items = true, raw = true, error = true, done = true }
+---------------------------------------------------------------------------
+-- Snapshots: plain data to rebuild a job from (a store keeps them)
+
+-- Part fields the engine rebuilds or keeps elsewhere; everything else a
+-- provider keeps on a part (puffle's idempotency key) is its state.
+local ENGINE_PART_FIELDS = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
 
 local function plain(v, depth)
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" then return v end
-  if t ~= "table" or depth > 4 or getmetatable(v) then return nil end
+  if t ~= "table" or depth > 8 or (getmetatable(v) and not errors.is(v)) then return nil end
   local out = {}
   for k, x in pairs(v) do
     if type(k) == "string" or type(k) == "number" then out[k] = plain(x, depth + 1) end
@@ -390,20 +541,102 @@ local function plain(v, depth)
   return out
 end
 
---- Plain data to rebuild the job from: versioned, JSON-encodable, no
---- secrets (the key is never on a job), no functions.
+local function plain_error(e)
+  if not e then return nil end
+  return { code = e.code, message = e.message, status = e.status, provider_code = e.provider_code,
+           retryable = e.retryable }
+end
+
+--- Plain data (v = 2), JSON-encodable, without secrets: the key is never
+--- on a job. See PLAN/DESIGN for the fields; enrich.job_from_snapshot
+--- rebuilds a live job from it.
 function job_mt:snapshot()
+  local keep_inputs = self.client.spec.keep_inputs ~= false
   local parts = {}
   for i, p in ipairs(self.parts) do
-    local s = { count = p.count, done = p.done or nil }
+    local s = {}
     for k, v in pairs(p) do
       if not ENGINE_PART_FIELDS[k] then s[k] = plain(v, 0) end
     end
-    if p.error then s.error = { code = p.error.code, message = p.error.message } end
+    if p.inputs and (keep_inputs or not p.id) then s.inputs = plain(p.inputs, 0) end
+    s.error = plain_error(p.error)
     parts[i] = s
   end
-  return { v = 1, provider = self.provider, state = self.state, id = self.id,
-           created_at = self.created_at, updated_at = self.updated_at, parts = parts }
+  local snap = { v = 2, provider = self.provider, uid = self.uid, id = self.id, state = self.state,
+                 opts = plain(self.opts, 0), inputs = plain(self.inputs, 0), parts = parts, polls = self.polls,
+                 created_at = self.created_at, updated_at = self.updated_at, finished_at = self.finished_at }
+  if self.deadline and not self:done() then snap.deadline = max(self.deadline - self.client.sched.now(), 0) end
+  if self:done() then
+    local results = {}
+    for i, r in ipairs(self.results) do
+      local copy = plain(r, 0)
+      copy.input, copy.raw = nil, nil
+      copy.error = plain_error(r.error)
+      results[i] = copy
+    end
+    snap.results, snap.counts, snap.cost = results, plain(self.counts, 0), plain(self.cost, 0)
+    snap.error = plain_error(self.error)
+  end
+  return snap
+end
+
+local function error_from(e, provider)
+  if type(e) ~= "table" or errors.CODES[e.code] == nil then return nil end
+  return errors.new(e.code, e.message, { provider = provider, status = e.status,
+    provider_code = e.provider_code, retryable = e.retryable })
+end
+
+--- A live job from job:snapshot() (decoded JSON is fine). A terminal
+--- snapshot comes back terminal, with its results. Otherwise parts with a
+--- provider id resume polling at once; a job with parts never sent (no id)
+--- is returned unstarted: job:start() sends them, job:start{ resubmit =
+--- false } ends them `unknown`.
+function _M.from_snapshot(client, snap)
+  if type(snap) ~= "table" or snap.v ~= 2 then error("job_from_snapshot: a version 2 snapshot is required", 2) end
+  if snap.provider ~= client.spec.name then
+    error("job_from_snapshot: the snapshot is of provider '" .. tostring(snap.provider) .. "', the client of '"
+      .. client.spec.name .. "'", 2)
+  end
+  local parts = {}
+  for i, s in ipairs(snap.parts) do
+    local p = {}
+    for k, v in pairs(s) do p[k] = v end
+    p.error = error_from(s.error, snap.provider)
+    if p.done == false then p.done = nil end
+    parts[i] = p
+  end
+  local job = setmetatable({
+    uid = snap.uid, provider = snap.provider, state = snap.state, id = snap.id,
+    created_at = snap.created_at, updated_at = snap.updated_at,
+    client = client, inputs = snap.inputs or {}, opts = snap.opts or {},
+    parts = parts, polls = snap.polls or 0,
+  }, job_mt)
+  local sched = client.sched
+  if TERMINAL[snap.state] then
+    job.finished_at, job.counts, job.cost = snap.finished_at, snap.counts, snap.cost
+    job.error = error_from(snap.error, snap.provider)
+    job.results = {}
+    for i, r in ipairs(snap.results or {}) do
+      r.input = job.inputs[i]
+      r.error = error_from(r.error, snap.provider)
+      job.results[i] = r
+    end
+    return job
+  end
+  for _, p in ipairs(parts) do
+    if not (p.id or p.done) then                         -- the caller decides (job:start)
+      resumed_deadline[job] = snap.deadline
+      return job
+    end
+  end
+  job.deadline = sched.now() + (snap.deadline or client.poll.deadline)
+  sched.live_jobs = sched.live_jobs + 1
+  if all_done(job) then
+    set_state(job)
+  else
+    sched:at(job, sched.now())           -- poll now
+  end
+  return job
 end
 
 return _M

@@ -22,6 +22,14 @@ _M.DEFAULT_RETRY = {
   base = 0.5,          -- backoff: random(0, min(cap, base * 2^n)) ("full jitter")
   cap = 30,
   max_retry_after = 120, -- a Retry-After longer than this is not waited for
+  -- The retry budget of a provider key, shared by every client on it (AWS's
+  -- "standard" retry mode): each retry spends `budget_cost` tokens (twice
+  -- that after a timeout), each success gives one back (a success after
+  -- retries gives back what they cost); with too few tokens left a failure
+  -- surfaces at once instead of being retried, so an outage does not
+  -- multiply the traffic by `attempts`.
+  budget = 500,
+  budget_cost = 5,
 }
 
 --- Copies `over` onto a copy of `base` for the keys `base` has; an unknown
@@ -45,20 +53,24 @@ local function jittered(seconds, jitter)
 end
 
 --- Seconds to wait before poll number n (0 = the first after submit).
---- `hint` is the provider's own "come back in" (Retry-After), which wins.
+--- `hint` is the provider's own "come back in" (a Retry-After header, on a
+--- 2xx "still running" answer as on an error, or a body's hint): it wins,
+--- clamped to max_retry_after, and never below the cadence's first
+--- `interval`, so a zero, negative or past hint cannot make a tight loop.
 function _M.poll_delay(p, n, hint)
-  if hint then return min(max(hint, 0), p.max_retry_after) end
+  if hint then return min(max(hint, p.interval), p.max_retry_after) end
   local d = min(p.interval * p.factor ^ n, p.max_interval)
   return jittered(d, p.jitter)
 end
 
 --- Seconds to wait before retry number n (1 = the first retry), or nil when
---- no retry is left or the wait asked for is too long.
+--- no retry is left or the wait asked for is too long. A Retry-After is
+--- honoured, never below `base` (a zero hint is no reason to hammer).
 function _M.retry_delay(r, n, retry_after)
   if n >= r.attempts then return nil end
   if retry_after then
     if retry_after > r.max_retry_after then return nil end
-    return max(retry_after, 0)
+    return max(retry_after, r.base)
   end
   return random() * min(r.cap, r.base * 2 ^ (n - 1))
 end

@@ -3,15 +3,18 @@
 -- error with a stable code. A ctx belongs to one job.
 --
 -- req = { method = "GET", path = "/v2/…" (after base_url), query = { k = v },
---         json = table | body = string, idempotent = bool (default: not POST),
---         expect_json = bool (default true) }
--- res = { status, headers, json, body }
+--         json = table | body = string, headers = { name = value },
+--         timeout = seconds, idempotent = bool (default: not POST; inside
+--         a submit, the provider's idempotent_submit decides),
+--         expect_json = bool (default true), before_send = function }
+-- res = { status, headers, json, body, retry_after }
 local cjson = require "cjson.safe"
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
+local crash = require "enrich.crash"
 
-local type, tostring, pairs, ipairs, sort, concat, format, byte =
-  type, tostring, pairs, ipairs, table.sort, table.concat, string.format, string.byte
+local type, tostring, pairs, ipairs, sort, concat, format, byte, error =
+  type, tostring, pairs, ipairs, table.sort, table.concat, string.format, string.byte, error
 
 local _M = { _VERSION = "0.1.0" }
 local ctx_mt = {}
@@ -78,63 +81,109 @@ local function http_error(self, c)
   return self:error(code, self.client.redact(message), fields)
 end
 
+-- Transport failures that happen before a byte of the request is sent.
+local UNSENT = { connect = true, dns = true, tls = true, url = true }
+
 local function classify(self, c, req)
   if c.error then
+    if c.error.refused then               -- the core would not take the request: a misuse
+      return nil, self:error("invalid", c.error.message, { retryable = false, unprocessed = true })
+    end
     local e = errors.from_transport(c, self.provider)
-    -- Refused before a byte was sent: the server never saw it.
-    e.unprocessed = c.error.code == "connect" or c.error.code == "dns"
+    e.unprocessed = UNSENT[c.error.code] == true
     return nil, e
   end
   if c.status < 200 or c.status > 299 then return nil, http_error(self, c) end
+  self.retry_after = policy.parse_retry_after(c.headers["retry-after"])
+  c.retry_after = self.retry_after
   if req.expect_json ~= false and type(c.json) ~= "table" then
     -- Retryable: a garbled body is more often a passing fault than a change
     -- of API, and the requests that may be resent are safe to resend.
     return nil, self:error("protocol", "expected a JSON object or array, got: "
-      .. (c.json_error or excerpt(c.body)), { status = c.status, retryable = true })
+      .. (c.json_error or excerpt(c.body)), { status = c.status, retryable = true, answered = true })
   end
   return c                              -- the core's record is res: status, headers, json, body
 end
 
--- One table reused for every transfer: it is filled only once the slot is
--- taken (nothing yields between filling and submitting), and the core
--- copies what it needs before submit returns.
-local transfer = {}
+-- A request that may have reached the provider, whose answer cannot be
+-- read, and that is not safe to send again: the provider may have acted.
+local function unknown(self, err)
+  return self:error("unknown", tostring(err.message) .. ": the provider may have accepted it; not resent",
+    { status = err.status, cause = err.code, retryable = false })
+end
+
+local function request_headers(client, req)
+  local base = client.headers(req.json ~= nil)
+  local extra = req.headers
+  if extra == nil then return base end
+  if type(extra) ~= "table" then error("ctx:call: headers must be a table", 3) end
+  local h = {}
+  for k, v in pairs(base) do h[k] = v end
+  for k, v in pairs(extra) do
+    if type(k) ~= "string" or type(v) ~= "string" then error("ctx:call: header names and values must be strings", 3) end
+    h[k] = v
+  end
+  return h
+end
 
 --- Sends req and returns res, or nil and an error (see the top of the file).
+--- The path of every attempt: the key's rate token, then (in the
+--- scheduler) a host slot, before_send, the core's submit, the answer.
 function ctx_mt:call(req)
-  local client = self.client
+  local client, sched = self.client, self.sched
   local method = req.method or "GET"
+  if req.timeout ~= nil and (type(req.timeout) ~= "number" or req.timeout <= 0) then
+    error("ctx:call: timeout must be a number of seconds > 0", 2)
+  end
+  local submitting = self.submitting
   local idempotent = req.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
+  -- A submit may be resent only where the provider declares it safe.
+  if submitting and not client.spec.idempotent_submit then idempotent = false end
   local body = req.body
   if req.json ~= nil then
     local err
     body, err = cjson.encode(req.json)
     if not body then return nil, self:error("invalid", "request body: " .. tostring(err)) end
   end
-  local url = client.base_url .. req.path .. query_string(req.query)
+  local transfer = {
+    method = method, url = client.base_url .. req.path .. query_string(req.query), body = body,
+    headers = request_headers(client, req),
+    timeout = req.timeout or client.timeout, connect_timeout = client.connect_timeout,
+    max_body = client.max_body, fresh_connect = not idempotent or nil,
+  }
   local attempt = 0
   while true do
     attempt = attempt + 1
-    -- The token comes last, once the slot is held: a request then goes out
-    -- right after its token, and the provider's rate holds for sends too.
-    local host = self.sched:slot(client.host)
-    client:throttle()
-    self.sched:pace(host)
-    transfer.method, transfer.url, transfer.body = method, url, body
-    transfer.headers = client.headers(req.json ~= nil)
-    transfer.timeout, transfer.connect_timeout = client.timeout, client.connect_timeout
-    transfer.max_body = client.max_body
-    transfer.fresh_connect = not idempotent or nil
-    local res, err = classify(self, self.sched:transfer(transfer, host), req)
-    if res then return res end
+    client:throttle()                     -- the rate token first: a full bucket never holds a slot
+    local before_send = req.before_send or self.before_send
+    local c = sched:transfer(transfer, client.host, before_send)
+    local refused = c.before_send_error
+    if refused ~= nil then
+      if errors.is(refused) then return nil, refused end
+      return nil, self:error("invalid", "not sent: " .. tostring(refused):match("^[^\n]*"), { retryable = false })
+    end
+    self.before_send = nil                -- the intent is recorded once, before the first send
+    if submitting then crash.point("request_sent") end
+    local res, err = classify(self, c, req)
+    if res then
+      if submitting then self.answered = true end
+      client:succeeded(attempt)
+      return res
+    end
+    if submitting and err.answered then self.answered = true end
     client:observe(err)
-    if not err.retryable then return nil, err end
     -- A request that may have reached the provider is resent only when
     -- resending is harmless (idempotent) or the provider refused it unseen.
-    if not idempotent and not err.unprocessed then return nil, err end
+    if not idempotent and not err.unprocessed then
+      if err.code ~= "invalid" and (not c.status or (c.status >= 200 and c.status <= 299)) then
+        return nil, unknown(self, err)    -- sent, no answer read: the provider may have acted
+      end
+      return nil, err
+    end
+    if not err.retryable then return nil, err end
     local delay = policy.retry_delay(client.retry, attempt, err.retry_after)
-    if not delay then return nil, err end
+    if not delay or not client:spend_retry(err) then return nil, err end
     self:sleep(delay)
   end
 end

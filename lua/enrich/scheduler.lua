@@ -1,550 +1,524 @@
--- The event loop: one enrich.core engine, an intrusive timer heap, and the
--- coroutines waiting on transfers. Hosts differ only in how they call
--- step(): with a wait in a plain script, with 0 once per frame in a game
--- loop, from one timer per worker in OpenResty.
+-- The event loop: one enrich.core engine, a timer heap, a ready queue and
+-- the tasks (coroutines) it runs. Read it top to bottom:
+--
+--   tasks     a user task (enrich.spawn/run) or an engine step (a job's
+--             submit, check or cancel, on a pooled coroutine);
+--   parking   a task parks with yield; whoever may wake it took a token
+--             (sched:waker()) before it parked. A wake whose token is not
+--             the task's current one is dropped, so a wake meant for an
+--             earlier park never lands on a later one;
+--   transfer  the one path every HTTP request takes: a host slot (FIFO),
+--             submit under protection, park until the completion, and the
+--             slot given back on every path;
+--   turns     step(wait) runs one turn; tick(budget) is the ticking host's
+--             bounded turn. A turn never runs inside another one.
 --
 -- Waiting things cost little: a job between polls is only an entry in the
--- heap (no coroutine); coroutines live while a step does HTTP.
+-- heap; a coroutine exists only while a step runs.
 local core = require "enrich.core"
 local heap = require "enrich.heap"
 
 local co_create, co_resume, co_yield, co_running, co_status =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
-local traceback = debug.traceback
-local unpack = table.unpack or unpack
-local select, error, type, pairs, min, max = select, error, type, pairs, math.min, math.max
+local traceback, unpack = debug.traceback, table.unpack or unpack
+local select, error, type, pairs, next, pcall, tostring, min, max =
+  select, error, type, pairs, next, pcall, tostring, math.min, math.max
 local now = core.now
 
-local _M = { _VERSION = "0.1.0" }
-local sched_mt = {}
-sched_mt.__index = sched_mt
+local _M = { _VERSION = "0.2.0" }
+local S = {}
+S.__index = S
 
--- Transfers handed to libcurl at once per host; the rest wait here in FIFO
--- order. libcurl could queue them itself, but its bookkeeping of queued
--- handles grows with their number (removal walks them all), and thousands
--- of jobs must not cost more per request than ten.
-_M.DEFAULT_PER_HOST = 32
+_M.DEFAULT_PER_HOST = 32       -- transfers in flight per host; also a key's running steps
+_M.BUDGET_TRANSFERS = 2        -- new transfers per budgeted tick without an I/O thread
+_M.BUDGET_COMPLETIONS = 4      -- completions taken per budgeted tick
+-- The process id, to notice a fork (nil on a core without getpid: no check).
+_M.getpid = core.getpid
 
---- A new loop. opts.core: options for enrich.core's engine; opts.per_host:
---- transfers in flight per host (default 32, also libcurl's connection cap);
---- opts.io_thread: libcurl runs on a thread of the engine's own (see core).
+--- A new loop; its engine is made at first use (after any fork).
+--- opts: per_host, io_thread, core (options for enrich.core's engine).
 function _M.new(opts)
   opts = opts or {}
-  local per_host = opts.per_host or _M.DEFAULT_PER_HOST
-  -- The engine reads no timings: completions need not carry them.
-  local core_opts = { max_host_connections = per_host, max_connections = 4 * per_host, timings = false,
-                      io_thread = opts.io_thread or nil }
-  for k, v in pairs(opts.core or {}) do core_opts[k] = v end
-  local engine, err = core.new(core_opts)
-  if not engine then return nil, err end
   return setmetatable({
-    engine = engine,
-    per_host = per_host,
-    threaded = core_opts.io_thread == true,  -- starting a transfer costs this thread nothing
-    hosts = {},          -- host -> { n = in flight, queue of parked coroutines }
-    host_of = {},        -- transfer id -> host
+    opts = opts, per_host = opts.per_host or _M.DEFAULT_PER_HOST,
+    threaded = opts.io_thread == true,
+    engine = nil, pid = nil, turning = false,
     timers = heap.new(),
-    waiting = {},        -- transfer id -> coroutine
-    ready = {}, ready_val = {}, ready_head = 1, ready_tail = 0,
-    pool = {},           -- idle worker coroutines for engine steps
-    free_tasks = {},     -- records of finished engine steps, for reuse
-    deferred = {},       -- tasks whose transfer waits for the next budgeted turn
-    deferred_host = {},  -- the host slot each of them holds
-    starts_left = nil,   -- new transfers this budgeted turn may still start
-    start_go = false,    -- this turn may start one step past its limit
-    starting = { head = 1, tail = 0 },  -- engine steps not yet started
-    tasks = {},          -- coroutine -> task record, for every task we run
-    user_tasks = 0,      -- tasks started by enrich.spawn/run, still alive
-    live_jobs = 0,       -- jobs not yet terminal
-    failure = nil,       -- first error raised in a user task
-  }, sched_mt)
+    ready = {}, ready_token = {}, ready_value = {}, head = 1, tail = 0,
+    starting = {}, start_arg = {}, start_lane = {}, start_admitted = {}, start_head = 1, start_tail = 0,
+    deferred = {},                   -- tasks waiting for the next turn's sends (tick)
+    sends_left = nil,                -- sends this budgeted turn may still make
+    tasks = {},                      -- coroutine -> task record
+    hosts = {},                      -- host -> { n = slots taken, FIFO of waiting tasks }
+    waiting = {}, xfer_token = {}, xfer_host = {},   -- transfer id -> task, token, host
+    pool = {},                       -- idle step workers
+    lanes = setmetatable({}, { __mode = "k" }),      -- lanes that have held steps
+    live_jobs = 0, user_tasks = 0,
+    tasks_live = 0, failure = nil,   -- the default group: tasks spawned outside run()
+  }, S)
 end
 
-sched_mt.now = function() return now() end
+S.now = function() return now() end
 
---- The task record of the running coroutine, when it is one of ours.
-function sched_mt:current()
+--- The engine, made now if this process has none yet. A loop carried over
+--- a fork() gets a fresh engine: the old one's transfers belong to the
+--- parent, and their tasks get a `network` failure.
+function S:core()
+  local getpid = _M.getpid
+  local pid = getpid and getpid()
+  if self.engine and pid == self.pid then return self.engine end
+  if self.engine then                    -- forked: the old engine is the parent's
+    local lost = {}
+    for id in pairs(self.waiting) do
+      lost[#lost + 1] = { id = id, error = { code = "network",
+        message = "the process forked while this request was in flight" } }
+    end
+    self:deliver(lost)
+  end
+  local o = { max_host_connections = self.per_host, max_connections = 4 * self.per_host, timings = false,
+              io_thread = self.threaded or nil }
+  for k, v in pairs(self.opts.core or {}) do o[k] = v end
+  self.engine = assert(core.new(o))
+  self.pid = pid
+  return self.engine
+end
+
+---------------------------------------------------------------------------
+-- Tasks, parking and waking
+
+--- The task record of the running coroutine, when enrich runs it.
+function S:current()
   local co = co_running()
   return co and self.tasks[co]
 end
 
--- The ready queue: coroutines to resume at the next turn, each with at most
--- one value (two parallel arrays: no table per wake).
-local NONE = {}
-
--- Work waits to run this turn: woken tasks, or steps not yet started.
-local function queued(self)
-  return self.ready_head <= self.ready_tail or self.starting.head <= self.starting.tail
-    or self.deferred[1] ~= nil
+--- The running task and its token: wake(task, token) resumes this very park.
+function S:waker()
+  local task = self:current()
+  if not task then error("enrich: not inside a task", 2) end
+  return task, task.token
 end
 
-local function enqueue(self, co, value)
-  local t = self.ready_tail + 1
-  self.ready_tail = t
-  self.ready[t] = co
-  self.ready_val[t] = value == nil and NONE or value
-end
-
-local function finish_task(self, co, task, ok, ...)
-  self.tasks[co] = nil
-  if task.user then self.user_tasks = self.user_tasks - 1 end
-  if not ok then
-    if task.on_error then task.on_error(..., task.arg) else self.failure = self.failure or ... end
-  elseif task.on_done then
-    task.on_done(...)
-  end
-end
-
--- A worker that leaves a full pool ends with IDLE: its step is over, and
--- already accounted for.
-local IDLE = {}
-
-local function after_resume(self, co, task, ok, ...)
-  if co_status(co) == "dead" and not (ok and ... == IDLE) then finish_task(self, co, task, ok, ...) end
-end
-
-local function resume(self, co, value)
-  local task = self.tasks[co]
-  if not task then return end            -- abandoned (see run) or idle: never resumed
-  if value == NONE then value = nil end
-  return after_resume(self, co, task, co_resume(co, value))
-end
-
--- Engine steps (a job's submit, a poll, a cancel) run on pooled worker
--- coroutines: a step is short, and jobs take many of them. A worker parks
--- with IDLE between steps; its task record says what to run next.
-local POOL_MAX = 256
-
--- A finished step's record goes back to a free list: a job takes a step
--- per poll, and a record made afresh each time is garbage each time.
-local function recycle(self, task)
-  task.fn, task.arg, task.on_done, task.on_error, task.co, task.host, task.unheld = nil, nil, nil, nil, nil, nil, nil
-  local free = self.free_tasks
-  if #free < POOL_MAX then free[#free + 1] = task end
-end
-
-local refill                             -- below, with the held steps
-
-local function new_worker(self)
-  local co
-  co = co_create(function(task)
-    while true do
-      local ok, err = pcall(task.fn, task.arg)
-      self.tasks[co] = nil
-      -- A step may end without sending (its job was cancelled, the client
-      -- is out of credits): a slot it was let in for passes on.
-      if task.host then refill(self, task.host) end
-      if not ok then
-        if task.on_error then task.on_error(err, task.arg) else self.failure = self.failure or err end
-      elseif task.on_done then
-        task.on_done()
-      end
-      recycle(self, task)
-      if #self.pool >= POOL_MAX then return IDLE end
-      self.pool[#self.pool + 1] = co
-      task = co_yield(IDLE)
-    end
-  end)
-  return co
-end
-
---- Runs fn(arg) as an engine step at the next turn of the loop. opts may
---- carry on_done() and on_error(msg, arg); an error without on_error is
---- raised from run()/tick(). The step gets its coroutine only when the loop
---- runs it: in OpenResty a coroutine must be made and resumed by the same
---- light thread (the driver timer), not by the request that submitted.
---- `host` (see host_of): where the step sends its first request; while that
---- host's slots are all taken, the step waits unstarted.
-function sched_mt:step_task(fn, arg, opts, host)
-  local free = self.free_tasks
-  local task = free[#free]
-  if task then
-    free[#free] = nil
-    task.fn, task.arg, task.host = fn, arg, host
-  else
-    task = { fn = fn, arg = arg, on_done = false, on_error = false, co = false, host = host, unheld = false }
-  end
-  if opts then task.on_done, task.on_error = opts.on_done, opts.on_error end
-  local q = self.starting
-  q.tail = q.tail + 1
-  q[q.tail] = task
-  return task
-end
-
--- `limit`: a time (core.now) after which no more work is started this turn.
--- A poll and a wake get one go at least, so any budget makes progress.
-local function over(limit) return limit and now() >= limit end
-
--- Per host: `n` transfers in flight, the coroutines parked for a slot
--- (h[head..tail]), and `held`: steps not started because every slot was
--- taken when their turn came.
-local function host_state(self, host)
-  local h = self.hosts[host]
-  if not h then
-    h = { n = 0, head = 1, tail = 0, held = { head = 1, tail = 0 } }
-    self.hosts[host] = h
-  end
-  return h
-end
-
--- A step for a host with no free slot waits as a record, not as a parked
--- coroutine: ten thousand queued submits cost no stacks, and the
--- collector's atomic phase has no coroutines to walk for them.
-local function hold(self, task)
-  if not task.host then return false end
-  local h = host_state(self, task.host)
-  if h.n < self.per_host then return false end
-  local held = h.held
-  if task.unheld then                    -- was first in line already: stays first
-    held.head = held.head - 1
-    held[held.head] = task
-  else
-    held.tail = held.tail + 1
-    held[held.tail] = task
-  end
-  return true
-end
-
--- A slot came free and no coroutine waits for it: the oldest held step
--- goes back to the start queue (it takes a slot when it sends).
-local function unhold(self, h)
-  local held = h.held
-  if held.head > held.tail then return end
-  local task = held[held.head]
-  held[held.head] = nil
-  held.head = held.head + 1
-  if held.head > held.tail then held.head, held.tail = 1, 0 end
-  task.unheld = true
-  local q = self.starting
-  q.tail = q.tail + 1
-  q[q.tail] = task
-end
-
--- Lets the oldest held step for `host` start if the host has a free slot.
-function refill(self, host)
-  local h = self.hosts[host]
-  if h and h.n < self.per_host then unhold(self, h) end
-end
-
-local function start_steps(self, limit)
-  local q, pool = self.starting, self.pool
-  local last = q.tail                    -- steps unheld meanwhile wait for the next pass
-  while q.head <= last and not (over(limit) and not self.start_go) do
-    self.start_go = false
-    local task = q[q.head]
-    q[q.head] = nil
-    q.head = q.head + 1
-    if not hold(self, task) then
-      local co = pool[#pool]
-      if co then pool[#pool] = nil else co = new_worker(self) end
-      task.co = co
-      self.tasks[co] = task
-      resume(self, co, task)
-    end
-  end
-  if q.head > q.tail then q.head, q.tail = 1, 0 end
-end
-
---- Runs fn(...) as a user task (counted by run(); errors carry a traceback).
-function sched_mt:go(fn, opts, ...)
-  local task = opts or {}
-  local args = { n = select("#", ...), ... }
-  local co = co_create(function()
-    local function handler(e) return traceback(e, 2) end
-    return select(2, assert(xpcall(fn, handler, unpack(args, 1, args.n))))
-  end)
-  task.co, task.user = co, true
-  self.tasks[co] = task
-  self.user_tasks = self.user_tasks + 1
-  enqueue(self, co)
-  return task
-end
-
---- Wakes a parked task with one value (at the next turn).
-function sched_mt:wake(co, value) enqueue(self, co, value) end
-
---- Parks the running task until wake(); returns wake's value.
-function sched_mt:park()
+--- Parks the running task until a wake with its token; returns the value.
+function S:park()
   if not self:current() then error("enrich: park() outside a task", 2) end
   return co_yield()
 end
 
--- Timers: any table with on_timer(self, sched). A sleeping task gets one.
-local sleeper_mt = { __index = { on_timer = function(t, sched) sched:wake(t.co, true) end } }
+--- Queues a wake for the next pass over the ready queue.
+function S:wake(task, token, value)
+  local t = self.tail + 1
+  self.tail = t
+  self.ready[t], self.ready_token[t], self.ready_value[t] = task, token, value
+end
 
-function sched_mt:at(obj, when) self.timers:push(obj, when) end
-function sched_mt:cancel_timer(obj) return self.timers:remove(obj) end
+local function finish_task(self, task, ok, ...)
+  self.tasks[task.co] = nil
+  self.user_tasks = self.user_tasks - 1
+  local group = task.group
+  group.tasks_live = group.tasks_live - 1
+  if not ok then group.failure = group.failure or ...
+  elseif task.on_done then task.on_done(...) end
+end
 
---- Sleeps the running task for `seconds` (it must be a task: see enrich.sleep).
-function sched_mt:sleep(seconds)
-  local co = co_running()
-  self:at(setmetatable({ co = co }, sleeper_mt), now() + max(seconds or 0, 0))
+-- Resumes a task if the token is its current one; drops the wake otherwise.
+local function after_resume(self, task, ok, ...)
+  if co_status(task.co) == "dead" then finish_task(self, task, ok, ...) end
+end
+
+-- Resumes a task if the token is its current one; drops the wake otherwise.
+local function resume(self, task, token, value)
+  if task.token ~= token or self.tasks[task.co] ~= task or co_status(task.co) ~= "suspended" then return end
+  task.token = token + 1
+  if task.group then return after_resume(self, task, co_resume(task.co, value)) end   -- a user task
+  co_resume(task.co, value)              -- a step worker never raises (see new_worker)
+end
+
+--- Runs fn(...) as a user task in `group` (default: the running task's, or
+--- the loop's own). Its errors go to the group (see run and check_failure).
+function S:go(fn, opts, ...)
+  local args = { n = select("#", ...), ... }
+  local parent = self:current()
+  local group = opts and opts.group or (parent and parent.group) or self
+  local task = { token = 0, group = group, on_done = opts and opts.on_done }
+  task.co = co_create(function()
+    local function handler(e) return traceback(e, 2) end
+    return select(2, assert(xpcall(fn, handler, unpack(args, 1, args.n))))
+  end)
+  self.tasks[task.co] = task
+  self.user_tasks = self.user_tasks + 1
+  group.tasks_live = group.tasks_live + 1
+  self:wake(task, 0)
+  return task
+end
+
+-- Engine steps: kind.run(arg) on a pooled coroutine; an error goes to
+-- kind.failed(msg, arg). A lane (one per provider key) runs at most
+-- per_host steps at once; the rest wait as records, not coroutines.
+local POOL_MAX = 256
+
+local function new_worker(self)
+  local w = { token = 0 }
+  w.co = co_create(function(kind, arg, lane)
+    while true do
+      local ok, err = pcall(kind.run, arg)
+      if not ok then pcall(kind.failed, err, arg) end
+      if lane then
+        local h = lane.held_head
+        if h and h <= lane.held_tail then      -- its place goes to the oldest held step
+          local k, a = lane.held_kind[h], lane.held_arg[h]
+          lane.held_kind[h], lane.held_arg[h], lane.held_head = nil, nil, h + 1
+          self:start(k, a, lane, true)
+        else
+          lane.active = lane.active - 1
+        end
+      end
+      self.tasks[w.co] = nil
+      if #self.pool >= POOL_MAX then return end
+      self.pool[#self.pool + 1] = w
+      kind, arg, lane = co_yield()
+    end
+  end)
+  return w
+end
+
+local function run_step(self, kind, arg, lane, admitted)
+  if lane and not admitted then
+    if lane.active >= self.per_host then             -- hold it as a record
+      if not lane.held_head then lane.held_head, lane.held_tail, lane.held_kind, lane.held_arg = 1, 0, {}, {} end
+      self.lanes[lane] = true
+      local t = lane.held_tail + 1
+      lane.held_tail, lane.held_kind[t], lane.held_arg[t] = t, kind, arg
+      return
+    end
+    lane.active = lane.active + 1
+  end
+  local pool = self.pool
+  local w = pool[#pool]
+  if w then pool[#pool] = nil else w = new_worker(self) end
+  self.tasks[w.co] = w
+  w.token = w.token + 1                  -- wakes left from its last step are stale
+  co_resume(w.co, kind, arg, lane)
+end
+
+--- Runs kind.run(arg) as an engine step at this or the next turn. In
+--- OpenResty a coroutine must be made by the loop's own light thread, so a
+--- step never starts inside the caller.
+function S:start(kind, arg, lane, admitted)
+  local t = self.start_tail + 1
+  self.start_tail = t
+  self.starting[t], self.start_arg[t], self.start_lane[t], self.start_admitted[t] = kind, arg, lane or false, admitted
+end
+
+---------------------------------------------------------------------------
+-- Timers: any table with on_timer(self, sched)
+
+local waker_mt = { __index = { on_timer = function(t, sched) sched:wake(t.task, t.token, false) end } }
+
+function S:at(obj, when) self.timers:push(obj, when) end
+function S:cancel_timer(obj) return self.timers:remove(obj) end
+
+--- A timer that wakes (task, token) with false at `when`; cancel_timer it.
+function S:wake_at(when, task, token)
+  local t = setmetatable({ task = task, token = token }, waker_mt)
+  self:at(t, when)
+  return t
+end
+
+--- Sleeps the running task for `seconds`.
+function S:sleep(seconds)
+  local task, token = self:waker()
+  self:wake_at(now() + max(seconds or 0, 0), task, token)
   return co_yield()
 end
+
+---------------------------------------------------------------------------
+-- Transfers: the one path
 
 --- The key transfers to `url` share their slots under (scheme and host).
 function _M.host_of(url)
   return url:match("^(%a+://[^/?#]*)") or ""
 end
 
---- Takes a transfer slot for `host` (see host_of), parking the running task
---- until this host has one free. Returns the host, for transfer().
-function sched_mt:slot(host)
-  local h = host_state(self, host)
-  if h.n >= self.per_host then          -- wait: release() hands over its slot
-    h.tail = h.tail + 1
-    h[h.tail] = co_running()
-    co_yield()
-    return host
+local function give_slot(self, host, task)
+  if task then task.slot = nil end
+  local h = self.hosts[host]
+  if not h then return end
+  while h.head <= h.tail do              -- hand it to the oldest live waiter
+    local i = h.head
+    local w, token = h[i], h.token[i]
+    h[i], h.token[i], h.head = nil, nil, i + 1
+    if self.tasks[w.co] == w and w.token == token then
+      w.slot = host
+      return self:wake(w, token, true)
+    end
   end
-  h.n = h.n + 1
-  return host
+  h.head, h.tail, h.n = 1, 0, h.n - 1
 end
 
---- In a turn with a budget (see step), waits until the turn has a share of
---- new transfers left, so a burst spreads over frames; otherwise returns at
---- once. Call it right before transfer().
---- `host`: the slot the caller holds (given back if the task is abandoned
---- meanwhile).
-function sched_mt:pace(host)
-  if not self.starts_left then return end
-  while self.starts_left <= 0 do
-    local d = self.deferred
-    d[#d + 1] = co_running()
-    self.deferred_host[#d] = host
-    co_yield()                             -- resumed first thing next turn
-    if not self.starts_left then return end
+local function take_slot(self, task, host)
+  local h = self.hosts[host]
+  if not h then h = { n = 0, head = 1, tail = 0, token = {} }; self.hosts[host] = h end
+  if h.n < self.per_host and h.head > h.tail then
+    h.n = h.n + 1
+    task.slot = host
+    return
   end
-  self.starts_left = self.starts_left - 1
+  local t = h.tail + 1
+  h.tail, h[t], h.token[t] = t, task, task.token
+  co_yield()                             -- give_slot hands the slot over
 end
 
---- Sends one HTTP request from a task and returns its completion record.
---- `host` is a slot taken with slot(); without it one is taken here. The
---- core copies req during submit, so a caller may reuse the table after.
-function sched_mt:transfer(req, host)
-  if not host then
-    host = self:slot(_M.host_of(req.url))
-    self:pace(host)
+--- Sends req from the running task and returns its completion record.
+--- Waits for a slot of `host` (FIFO); then before_send() (may yield;
+--- nil, err: nothing is sent, and { before_send_error = err } comes back);
+--- then the core's submit (a raise comes back as an `invalid` completion).
+--- The slot is given back on every path.
+function S:transfer(req, host, before_send)
+  local task = self:current()
+  if not task then error("enrich: a transfer needs a task", 2) end
+  if self.sends_left then                -- a budgeted tick: this turn's share of sends
+    while self.sends_left and self.sends_left <= 0 do
+      self.deferred[#self.deferred + 1] = task
+      co_yield()
+    end
+    if self.sends_left then self.sends_left = self.sends_left - 1 end
   end
-  local id = self.engine:submit(req)
-  self.waiting[id] = co_running()
-  self.host_of[id] = host
+  take_slot(self, task, host)
+  if before_send then
+    local ok, go, err = pcall(before_send)
+    if not (ok and go) then
+      give_slot(self, host, task)
+      return { before_send_error = ok and (err or "before_send refused") or go }
+    end
+  end
+  local engine = self:core()
+  local ok, id = pcall(engine.submit, engine, req)
+  if not ok then
+    give_slot(self, host, task)
+    return { error = { code = "invalid", message = "request refused: " .. tostring(id):match("^[^\n]*"),
+                       refused = true } }
+  end
+  self.waiting[id], self.xfer_token[id], self.xfer_host[id] = task, task.token, host
   return co_yield()
 end
 
--- A transfer to `host` is over: its slot passes straight to the next task
--- in line (the count stays), so no newcomer can slip in between and push
--- the host over its cap.
-local function release(self, host)
-  local h = self.hosts[host]
-  while h.head <= h.tail do
-    local co = h[h.head]
-    h[h.head] = nil
-    h.head = h.head + 1
-    if self.tasks[co] then return enqueue(self, co) end
-  end
-  h.head, h.tail = 1, 0                  -- empty: start again at 1
-  h.n = h.n - 1
-  unhold(self, h)
-end
-
-local function run_ready(self, limit)
-  start_steps(self, limit)
-  -- Only what was queued before this pass: wakes queued meanwhile wait.
-  local last, ready, vals = self.ready_tail, self.ready, self.ready_val
-  local n = 0
-  while self.ready_head <= last and not (n > 0 and over(limit)) do
-    n = n + 1
-    local i = self.ready_head
-    local co, value = ready[i], vals[i]
-    ready[i], vals[i] = nil, nil
-    self.ready_head = i + 1
-    if co_status(co) == "suspended" then resume(self, co, value) end
-  end
-  if self.ready_head > self.ready_tail then     -- empty: start again at 1
-    self.ready_head, self.ready_tail = 1, 0
-  end
-end
-
--- Firing a timer only queues work (a wake, a step). With `go`, one fires
--- even past the limit: a threaded turn delivers its completions first, and
--- one whose budget went on them must still move the clock along.
-local function fire_timers(self, t, limit, go)
-  local timers = self.timers
-  local top = timers:peek()
-  local n = go and 0 or 1
-  while top and top.at <= t and not (n > 0 and over(limit)) do
-    n = n + 1
-    timers:pop()
-    top:on_timer(self)
-    top = timers:peek()
-  end
-end
-
--- A turn with a budget hands libcurl at most BUDGET_TRANSFERS new transfers
--- (each costs a connect and a send inside the next poll; not so with an I/O
--- thread, which sends them) and takes at most BUDGET_COMPLETIONS completions
--- (and ready sockets) per poll; the rest waits for the next turn.
-_M.BUDGET_TRANSFERS = 2
-_M.BUDGET_COMPLETIONS = 4
-
--- The transfers deferred by the last turn go first in this one, before any
--- step starts, as many as the turn's share; one whose task was abandoned
--- (see run) gives its slot back. The rest keep their place in line.
-local function begin_turn(self, budget)
-  self.starts_left = budget and not self.threaded and _M.BUDGET_TRANSFERS or nil
-  local d, hosts = self.deferred, self.deferred_host
-  if d[1] == nil then return end
-  local share = self.starts_left or #d
-  local go, rest, rest_hosts = {}, {}, {}
-  for i = 1, #d do
-    if not self.tasks[d[i]] then
-      release(self, hosts[i])
-    elseif #go < share then
-      go[#go + 1] = d[i]
-    else
-      rest[#rest + 1], rest_hosts[#rest + 1] = d[i], hosts[i]
-    end
-  end
-  self.deferred, self.deferred_host = rest, rest_hosts
-  for i = 1, #go do resume(self, go[i]) end
-end
-
--- Wakes whoever each completion belongs to; past the turn's limit the rest
--- wait, queued, for the next turn.
-local function deliver(self, done, limit)
+-- Completions wake their tasks; each gives its slot back first.
+function S:deliver(done)
   for i = 1, #done do
     local c = done[i]
-    local co = self.waiting[c.id]
-    if co then
+    local task = self.waiting[c.id]
+    if type(task) == "function" then   -- a callback waiter (enrich.redis): no slot, no wake; never yields
       self.waiting[c.id] = nil
-      local host = self.host_of[c.id]
-      if host then                       -- a Redis reply (enrich.redis) holds no host slot
-        release(self, host)
-        self.host_of[c.id] = nil
-      end
-      if type(co) == "function" then co(c)  -- a callback waiter (enrich.redis): C-free, never yields
-      elseif i > 1 and over(limit) then enqueue(self, co, c) else resume(self, co, c) end
+      task(c)
+    elseif task then
+      local token, host = self.xfer_token[c.id], self.xfer_host[c.id]
+      self.waiting[c.id], self.xfer_token[c.id], self.xfer_host[c.id] = nil, nil, nil
+      give_slot(self, host, task)
+      self:wake(task, token, c)
     end
   end
 end
 
--- Seconds the turn may wait for transfers: none while work is queued, and
--- not past the next timer.
-local function wait_for(self, max_wait)
-  if queued(self) then return 0 end
-  local wait = max_wait or 0
-  local top = self.timers:peek()
-  if top then wait = min(wait, max(top.at - now(), 0)) end
-  return wait
+---------------------------------------------------------------------------
+-- Turns
+
+local function queued(self)
+  return self.head <= self.tail or self.start_head <= self.start_tail or self.deferred[1] ~= nil
 end
 
-local function poll(self, wait, limit)
-  if limit then return self.engine:poll(wait, _M.BUDGET_COMPLETIONS, max(limit - now(), 0)) end
-  return self.engine:poll(wait)
-end
-
---- One turn: runs what is ready, fires due timers, waits for transfers at
---- most `max_wait` seconds (less if a timer is due sooner; 0 if work is
---- ready), and wakes whoever a completion belongs to. With `budget`
---- (seconds), no new work starts once that much time has gone: the rest
---- waits, queued, for the next turn. Returns the live jobs and tasks.
-function sched_mt:step(max_wait, budget)
-  local limit = budget and now() + budget
-  if self.threaded then
-    -- With an I/O thread: completions first, and the turn's new transfers
-    -- handed over in one go at its end (flush), so the thread's sending
-    -- does not land inside the turn on a shared core.
-    deliver(self, poll(self, wait_for(self, max_wait), limit), limit)
-    -- Starting a step costs only Lua here: one always gets a go, so the
-    -- completions delivered first cannot starve new work.
-    self.start_go = budget ~= nil
-    begin_turn(self, budget)
-    run_ready(self, limit)
-    fire_timers(self, now(), limit, true)
-    run_ready(self, limit)
-    self.engine:flush()
-    return self:live()
+-- Runs the tasks woken so far, then starts the queued steps; with
+-- `limit`, at least one of each, then no more once the clock passes it.
+local function run_queued(self, limit)
+  local last, n = self.tail, 0
+  while self.head <= last and not (limit and n > 0 and now() >= limit) do
+    local i = self.head
+    local task, token, value = self.ready[i], self.ready_token[i], self.ready_value[i]
+    self.ready[i], self.ready_token[i], self.ready_value[i], self.head = nil, nil, nil, i + 1
+    n = n + 1
+    resume(self, task, token, value)
   end
-  begin_turn(self, budget)
-  run_ready(self, limit)
-  fire_timers(self, now(), limit)
-  run_ready(self, limit)
-  deliver(self, poll(self, wait_for(self, max_wait), limit), limit)
-  fire_timers(self, now(), limit)
-  run_ready(self, limit)
-  return self:live()
+  if self.head > self.tail then self.head, self.tail = 1, 0 end
+  last, n = self.start_tail, 0
+  while self.start_head <= last and not (limit and n > 0 and now() >= limit) do
+    local i = self.start_head
+    local kind, arg, lane, admitted = self.starting[i], self.start_arg[i], self.start_lane[i], self.start_admitted[i]
+    self.starting[i], self.start_arg[i], self.start_lane[i], self.start_admitted[i] = nil, nil, nil, nil
+    self.start_head = i + 1
+    n = n + 1
+    run_step(self, kind, arg, lane or nil, admitted)
+  end
+  if self.start_head > self.start_tail then self.start_head, self.start_tail = 1, 0 end
 end
 
-function sched_mt:live()
+local function fire_timers(self, limit)
+  local t, n = now(), 0
+  local top = self.timers:peek()
+  while top and top.at <= t and not (limit and n > 0 and now() >= limit) do
+    n = n + 1
+    self.timers:pop()
+    top:on_timer(self)
+    top = self.timers:peek()
+  end
+end
+
+local function enter(self)
+  if self.turning then
+    error("enrich: the loop is already running a turn: job:wait, enrich.sleep or enrich.run was called "
+      .. "from a coroutine that enrich does not run (start it with enrich.spawn instead)", 3)
+  end
+  self.turning = true
+  local engine = self:core()
+  local d = self.deferred                -- last turn's held-back sends go first
+  if d[1] then
+    self.deferred = {}
+    for i = 1, #d do self:wake(d[i], d[i].token) end
+  end
+  return engine
+end
+
+local function leave(self, engine)
+  if self.threaded then engine:flush() end   -- the turn's requests, handed over in one go
+  self.turning = false
   return self.live_jobs + self.user_tasks
 end
 
---- True when nothing at all could wake a parked task any more.
-function sched_mt:idle()
-  return not queued(self) and self.timers.n == 0 and self.engine:pending() == 0
-end
-
---- Seconds until the loop has something to do without I/O: 0 when work is
---- ready, the time to the next timer, or nil when there is none. (A foreign
---- loop waits for this or for engine:fd() to turn readable, then ticks.)
-function sched_mt:next_wakeup()
+-- Seconds a turn may wait for transfers: none while work is queued, and
+-- not past the next timer.
+local function wait_for(self, max_wait)
   if queued(self) then return 0 end
-  if self.engine:timeout() == 0 then return 0 end        -- completions wait in the core
   local top = self.timers:peek()
-  if not top then return nil end
-  return max(top.at - now(), 0)
+  if top then return min(max_wait, max(top.at - now(), 0)) end
+  return max_wait
 end
 
---- Transfers in flight plus those waiting for a slot.
-function sched_mt:transfers()
-  local n = self.engine:pending()
-  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) + (h.held.tail - h.held.head + 1) end
+--- One turn: waits at most `max_wait` seconds for transfers (less if a
+--- timer is due sooner, none if work is ready), then delivers completions,
+--- fires due timers and runs what is ready. Returns the live jobs and tasks.
+local function turn(self, engine, max_wait)
+  self:deliver(engine:poll(wait_for(self, max_wait)))
+  fire_timers(self)
+  run_queued(self)
+end
+
+function S:step(max_wait)
+  local engine = enter(self)
+  local ok, err = pcall(turn, self, engine, max_wait or 0)
+  local live = leave(self, engine)
+  if not ok then error(err, 0) end
+  return live
+end
+
+--- The ticking host's turn: bounded by `budget` seconds of work. At most
+--- BUDGET_COMPLETIONS completions, and without an I/O thread at most
+--- BUDGET_TRANSFERS new sends (each costs a connect and a send inside the
+--- next poll); one completion, one timer, one step and one ready task
+--- always get their go, so any budget makes progress.
+local function bounded_turn(self, engine, budget)
+  local limit = now() + budget
+  self:deliver(engine:poll(0, _M.BUDGET_COMPLETIONS, budget))
+  fire_timers(self, limit)
+  self.sends_left = not self.threaded and _M.BUDGET_TRANSFERS or nil
+  run_queued(self, limit)
+end
+
+function S:tick(budget)
+  local engine = enter(self)
+  local ok, err = pcall(bounded_turn, self, engine, budget)
+  self.sends_left = nil
+  local live = leave(self, engine)
+  if not ok then error(err, 0) end
+  return live
+end
+
+function S:live() return self.live_jobs + self.user_tasks end
+
+--- True when nothing at all could wake a parked task any more.
+function S:idle()
+  return not queued(self) and self.timers.n == 0 and next(self.waiting) == nil
+end
+
+--- Seconds until the loop has work without I/O: 0 when work is ready or
+--- answers wait in the core, the time to the next timer, or nil.
+function S:next_wakeup()
+  if queued(self) then return 0 end
+  if self.engine and self.engine:timeout() == 0 then return 0 end
+  local top = self.timers:peek()
+  return top and max(top.at - now(), 0) or nil
+end
+
+--- Seconds until the loop wants a tick (next_wakeup or libcurl's own timer).
+function S:timeout()
+  local w = self:next_wakeup()
+  local c = self:core():timeout()
+  if c and (not w or c < w) then w = c end
+  return w
+end
+
+--- Transfers in flight, plus tasks waiting for a host slot and steps held
+--- in their key's lane (each is about to send).
+function S:transfers()
+  local n = 0
+  for _ in pairs(self.waiting) do n = n + 1 end
+  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) end
+  for lane in pairs(self.lanes) do n = n + (lane.held_tail - lane.held_head + 1) end
   return n
 end
 
--- Forgets every user task: after run() raised, none of them may run on.
-local function abandon_user_tasks(self)
+---------------------------------------------------------------------------
+-- Groups: run() owns the tasks it starts (and those they spawn)
+
+-- Forgets a group's tasks: none of them runs again; a slot one holds goes back.
+local function abandon(self, group)
   for co, task in pairs(self.tasks) do
-    if task.user then self.tasks[co] = nil end
+    if task.group == group then
+      self.tasks[co] = nil
+      self.user_tasks = self.user_tasks - 1
+      if task.slot then give_slot(self, task.slot, task) end
+    end
   end
-  self.user_tasks = 0
+  group.tasks_live = 0
 end
 
---- Raises (and clears) the first error of a user task, if any; the other
---- user tasks are abandoned (the caller gets the error, not half a run).
-function sched_mt:check_failure(level)
+--- Raises (and clears) the first error of a task spawned outside run().
+function S:check_failure(level)
   local f = self.failure
   if f then
     self.failure = nil
-    abandon_user_tasks(self)
     error(f, (level or 1) + 1)
   end
 end
 
---- Runs fn(...) as a task and drives the loop until it and every user task
---- it spawned have finished. Returns fn's results; raises their errors.
-function sched_mt:run(fn, ...)
+--- Runs fn(...) as a task and drives the loop until it and every task it
+--- spawned have finished; returns fn's results. The first error of one of
+--- these tasks is raised from here, and their other tasks are abandoned
+--- (never resumed). Tasks of other runs and of enrich.spawn outside any
+--- run go on.
+function S:run(fn, ...)
   if type(fn) ~= "function" then error("enrich.run: a function is required", 2) end
   if self:current() then error("enrich.run: already inside a task; use enrich.spawn", 2) end
-  local results, finished = nil, false
-  self:go(fn, { on_done = function(...)
-    results, finished = { n = select("#", ...), ... }, true
-  end }, ...)
+  local group = { tasks_live = 0 }
+  local results
+  self:go(fn, { group = group, on_done = function(...) results = { n = select("#", ...), ... } end }, ...)
   while true do
     self:step(1)
-    self:check_failure(2)
-    if finished and self.user_tasks == 0 then break end
-    if self:idle() and self.user_tasks > 0 then
-      abandon_user_tasks(self)
+    if group.failure then
+      abandon(self, group)
+      error(group.failure, 2)
+    end
+    if results and group.tasks_live == 0 then break end
+    if self:idle() and group.tasks_live > 0 then
+      abandon(self, group)
       error("enrich.run: tasks are parked with nothing left to wake them", 2)
     end
   end
   return unpack(results, 1, results.n)
 end
 
-function sched_mt:close()
-  self.engine:close()
+--- Ends the loop: its engine closes (transfers in flight end unanswered).
+function S:close()
+  if self.engine then self.engine:close() end
+  self.engine, self.closed = nil, true
 end
 
 return _M

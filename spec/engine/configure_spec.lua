@@ -19,9 +19,10 @@ describe("enrich.configure", function()
     local loop = enrich.scheduler()
     assert.is_true(loop.threaded)
     assert.equal(8, loop.per_host)
-    local ok, err = enrich.configure { io_thread = false }
-    assert.is_nil(ok)
-    assert.matches("already running", err)
+    -- After the first use, configure raises like every other misuse.
+    assert.has_error(function() enrich.configure { io_thread = false } end,
+      "enrich.configure: the loop is already running; configure before the first use")
     assert.equal(loop, enrich.scheduler())
+    assert.is_true(loop.threaded)
   end)
 end)

@@ -68,7 +68,9 @@ describe("poll cadence", function()
   it("honours a provider's Retry-After over the cadence, clamped", function()
     assert.equal(7, policy.poll_delay(p, 3, 7))
     assert.equal(p.max_retry_after, policy.poll_delay(p, 0, 10 ^ 6))
-    assert.equal(0, policy.poll_delay(p, 0, -5))
+    -- A zero, negative or past hint never polls sooner than the cadence's first interval.
+    assert.equal(p.interval, policy.poll_delay(p, 0, -5))
+    assert.equal(p.interval, policy.poll_delay(p, 3, 0))
   end)
 end)
 
