@@ -27,12 +27,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include <sqlite3.h>
 #include "enrich_core.h"
@@ -512,10 +514,10 @@ static void run_batch(sq_writer *w, sq_batch *b) {
   b->rc = rc;
 }
 
-/* A batch is over: counted, kept if it failed, signalled. Under mu. */
-static void batch_done(sq_writer *w, sq_batch *b) {
-  w->done_seq = b->seq;
-  sq_op *o = b->head;                  /* the values are not needed any more */
+/* Frees a finished batch's statements (outside mu: the Lua thread may be
+ * waiting for it to hand the next batch over). */
+static void drop_ops(sq_batch *b) {
+  sq_op *o = b->head;
   while (o) {
     sq_op *next = o->next;
     for (int i = 0; i < o->nvals; i++) free(o->vals[i].p);
@@ -523,6 +525,11 @@ static void batch_done(sq_writer *w, sq_batch *b) {
     o = next;
   }
   b->head = b->tail = NULL;
+}
+
+/* A batch is over: counted, kept if it failed, signalled. Under mu. */
+static void batch_done(sq_writer *w, sq_batch *b) {
+  w->done_seq = b->seq;
   if (b->rc != SQLITE_OK) {
     b->next = NULL;
     if (w->f_tail) w->f_tail->next = b; else w->f_head = b;
@@ -541,6 +548,12 @@ static void batch_done(sq_writer *w, sq_batch *b) {
 
 static void *writer_main(void *arg) {
   sq_writer *w = arg;
+#ifdef SCHED_BATCH
+  /* As the core's I/O thread: a background worker whose wakeups do not
+   * preempt the host's thread on a shared core (Linux; best effort). */
+  struct sched_param sp = { 0 };
+  pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#endif
   pthread_mutex_lock(&w->mu);
   for (;;) {
     while (w->q_head == NULL && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
@@ -550,6 +563,7 @@ static void *writer_main(void *arg) {
     if (w->q_head == NULL) w->q_tail = NULL;
     pthread_mutex_unlock(&w->mu);
     run_batch(w, b);
+    drop_ops(b);
     pthread_mutex_lock(&w->mu);
     batch_done(w, b);
   }
@@ -659,6 +673,7 @@ static int writer_commit(lua_State *L) {
   unsigned long seq = b->seq = ++w->next_seq;     /* b may be freed once done */
   if (!w->threaded) {
     run_batch(w, b);
+    drop_ops(b);
     pthread_mutex_lock(&w->mu);
     batch_done(w, b);
     pthread_mutex_unlock(&w->mu);
@@ -863,8 +878,17 @@ static void new_type(lua_State *L, const char *name, const luaL_Reg *meta, const
   lua_pop(L, 1);
 }
 
+/* CPU seconds the calling thread has used: what the store's benchmark
+ * charges to the host's thread (the writer's own time is not in it). */
+static int sq_thread_cpu(lua_State *L) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static const luaL_Reg SQLITE_FUNCS[] = {
-  { "open", sq_open }, { "writer", sq_writer_new }, { NULL, NULL }
+  { "open", sq_open }, { "writer", sq_writer_new }, { "thread_cpu", sq_thread_cpu }, { NULL, NULL }
 };
 
 /* Sets module.sqlite (the module table is on top of the stack). */

@@ -85,6 +85,11 @@ function _M.job_from_snapshot(c, snap)
   return jobs.from_snapshot(c, snap)
 end
 
+--- enrich.store.open(url) -> store | nil, err (see enrich.store), and
+--- enrich.resume(store, clients [, opts]) -> jobs: the durable jobs.
+_M.store = require "enrich.store"
+function _M.resume(store, clients, opts) return require("enrich.resume").resume(store, clients, opts) end
+
 --- For foreign event loops: the descriptor to watch for readability (nil
 --- on the portable core), and the seconds until the loop wants a tick
 --- anyway (nil: nothing scheduled). Wait for either, then enrich.tick().

@@ -16,8 +16,8 @@ local cjson = require("cjson.safe").new()
 local crash = require "enrich.crash"
 local store = require "enrich.store"
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, os_time, coroutine_running =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, os.time, coroutine.running
+local type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os_time =
+  type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os.time
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 cjson.encode_max_depth(64)
@@ -167,7 +167,8 @@ function _M.open(url, opts)
     handed = 0,         -- sequence number of the last batch handed to the writer
     done = 0,           -- ... and of the last one finished
     queued = 0,         -- statements in the open batch
-    waiters = {},       -- { seq, co } of tasks parked until their batch is durable
+    waiters = {}, waiter_tokens = {}, waiter_seqs = {},  -- tasks parked until their batch is durable
+    waiter_head = 1, waiter_tail = 0,
     overlay = {},       -- answers/meta put and not yet committed: key -> { value, seq }
     failures = 0, error = nil,
   }, store_mt)
@@ -186,7 +187,7 @@ end
 function store_mt:_commit(sched)
   self.commit_armed = nil
   if self.handed > self.done then return end     -- one in flight: _check sends this one after it
-  if self.queued == 0 and not self.waiters[1] then return end
+  if self.queued == 0 and self.waiter_head > self.waiter_tail then return end
   self.queued = 0
   self.handed = self.w:commit(crash.due("in_commit"))
   if self.threaded then
@@ -207,15 +208,17 @@ function store_mt:_check(sched)
   if self.handed > self.done then                 -- still committing: look again soon
     self.check_armed = true
     sched:at(self.check_timer, sched.now() + _M.CHECK_INTERVAL)
-  elseif self.queued > 0 or self.waiters[1] then  -- queued meanwhile: the next batch
+  elseif self.queued > 0 or self.waiter_head <= self.waiter_tail then  -- queued meanwhile: the next batch
     self:_commit(sched)
   end
 end
 
 function store_mt:_finished(done, failures, sched)
+  if done == self.done and not failures then return end   -- nothing new
   self.done = done
-  local failed = {}
+  local failed
   if failures then
+    failed = {}
     for _, f in ipairs(failures) do
       failed[f.seq] = store.error("commit failed: " .. tostring(f.message), { reason = f.code })
       self.failures = self.failures + 1
@@ -225,21 +228,21 @@ function store_mt:_finished(done, failures, sched)
                       tostring(f.message), "\n")
     end
   end
-  for key, e in pairs(self.overlay) do
-    if e[2] <= done then self.overlay[key] = nil end
-  end
-  local keep = {}
-  for _, wt in ipairs(self.waiters) do
-    if wt[1] <= done then
-      local err = failed[wt[1]]
-      if sched then
-        if err then sched:wake(wt[2], err) else sched:wake(wt[2], true) end
-      end
-    else
-      keep[#keep + 1] = wt
+  if next(self.overlay) then
+    for key, e in pairs(self.overlay) do
+      if e[2] <= done then self.overlay[key] = nil end
     end
   end
-  self.waiters = keep
+  -- Waiters queue in the order of their batches: wake from the front.
+  local w, tokens, seqs, head = self.waiters, self.waiter_tokens, self.waiter_seqs, self.waiter_head
+  while head <= self.waiter_tail and seqs[head] <= done do
+    local task, token, seq = w[head], tokens[head], seqs[head]
+    w[head], tokens[head], seqs[head] = nil, nil, nil
+    head = head + 1
+    if sched then sched:wake(task, token, failed and failed[seq] or true) end
+  end
+  if head > self.waiter_tail then head, self.waiter_tail = 1, 0 end
+  self.waiter_head = head
 end
 
 -- Queues statement k; the batch goes at this turn's commit.
@@ -258,7 +261,10 @@ end
 function store_mt:_durable(sched)
   local seq = self.handed + 1                      -- the open batch's number to be
   if sched and sched:current() then
-    self.waiters[#self.waiters + 1] = { seq, coroutine_running() }
+    local task, token = sched:waker()
+    local t = self.waiter_tail + 1
+    self.waiter_tail = t
+    self.waiters[t], self.waiter_tokens[t], self.waiter_seqs[t] = task, token, seq
     if not self.commit_armed then
       self.commit_armed = true
       sched:at(self.commit_timer, sched.now())
