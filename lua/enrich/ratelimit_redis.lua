@@ -13,6 +13,7 @@
 -- task (ctx:call), where waiting is parking.
 local core = require "enrich.core"
 
+local co_running, now = coroutine.running, core.now
 local type, tostring, tonumber, max, floor, format = type, tostring, tonumber, math.max, math.floor, string.format
 
 local _M = { _VERSION = "0.1.0" }
@@ -23,18 +24,20 @@ local _M = { _VERSION = "0.1.0" }
 _M.DEFAULT_MARGIN = 0.9
 
 -- KEYS[1]: the key's theoretical arrival time (µs). ARGV: emission
--- interval (µs), burst. Returns 0 (go now) or the µs to wait.
+-- interval (µs), burst. Reserves the caller the next conforming slot and
+-- returns the µs until it (0: go now). One round trip per request: the
+-- caller sleeps until its slot and goes without asking again.
 _M.GCRA = [=[
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then tat = now end
-local allow_at = tat - (burst - 1) * interval
-if now < allow_at then return math.ceil(allow_at - now) end
+local wait = tat - (burst - 1) * interval - now
+if wait < 0 then wait = 0 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-return 0
+return math.ceil(wait)
 ]=]
 
 local bucket_mt = {}
@@ -53,13 +56,23 @@ function _M.new(r, name, key, rate, burst, opts)
     redis_key = "{" .. ns .. "}:rate:" .. core.sha256(tostring(name) .. "\0" .. tostring(key)),
     interval = format("%.0f", 1e6 / rate),
     taken = 0, waited = 0, errors = 0,
+    tickets = setmetatable({}, { __mode = "k" }),   -- task's coroutine -> its reserved slot (core.now)
     script = r:script(_M.GCRA),
   }, bucket_mt)
 end
 
---- Takes one token: 0, or the seconds to wait before asking again. When
---- Redis cannot be reached, waits (a second) rather than send unmetered.
+--- Takes one token: 0, or the seconds to wait before asking again. A
+--- wait is a slot reserved for the calling task: asked again once it has
+--- come, take() gives 0 without asking Redis. When Redis cannot be
+--- reached, waits (a second) rather than send unmetered.
 function bucket_mt:take()
+  local co = co_running()
+  local at = self.tickets[co]
+  if at then
+    local left = at - now()
+    if left <= 0.0005 then self.tickets[co] = nil return 0 end
+    return left
+  end
   local wait, err = self.script({ self.redis_key }, { self.interval, tostring(self.burst) })
   if not wait then
     self.errors = self.errors + 1
@@ -71,6 +84,7 @@ function bucket_mt:take()
   wait = tonumber(wait) or 0
   if wait == 0 then self.taken = self.taken + 1 return 0 end
   self.waited = self.waited + 1
+  self.tickets[co] = now() + wait / 1e6
   return max(wait / 1e6, 0.001)
 end
 

@@ -51,14 +51,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ]=]
 
--- A hook's write. KEYS: job, due, fence counter, owned set, all-jobs set.
--- ARGV: mode (intent|accepted|changed|finished), worker, fence ("" for a
--- job not yet recorded), lease ms, uid, provider, state, id, snapshot, k,
--- intent JSON or the part's provider id, saved_at, updated_at.
+-- A hook's write. KEYS: job, due, fence counter, owned set, all-jobs set
+-- [, the scale-out chunk the job belongs to]. ARGV: mode (intent|accepted|
+-- changed|finished), worker, fence ("" for a job not yet recorded), lease
+-- ms, uid, provider, state, id, snapshot, k, intent JSON or the part's
+-- provider id, saved_at, updated_at [, the chunk's fence, the step name].
 -- Returns the fence, 0 when there is nothing to write (a job never
 -- recorded, or terminal already), or an error "LEASE ..." (fenced out).
 _M.WRITE = NOW .. [=[
 local mode, worker, fence, lease, uid = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if KEYS[6] and mode == 'intent' then     -- a scale-out run's chunk: linked in the same step
+  if redis.call('HGET', KEYS[6], 'fence') ~= ARGV[14] then
+    return redis.error_reply('LEASE the chunk of job ' .. uid .. ' is held by another worker')
+  end
+  redis.call('HSET', KEYS[6], 'job:' .. ARGV[15], uid)
+end
 local cur = redis.call('HMGET', KEYS[1], 'fence', 'terminal', 'owner')
 if cur[1] then
   if cur[1] ~= fence then
@@ -232,6 +239,11 @@ local function write(self, wait, mode, job, k, extra, snap_json, on_reply)
   local args = { mode, self.worker, self.owned[uid] or "", tostring(self.lease_ms), uid, tostring(job.provider),
                  tostring(job.state), job.id ~= nil and tostring(job.id) or "", snap_json or "", tostring(k or ""),
                  extra or "", tostring(os_time()), tostring(job.updated_at or "") }
+  local link = mode == "intent" and self.links[job]
+  if link then
+    keys[6] = link.key
+    args[14], args[15] = link.fence, link.step
+  end
   if wait then return self.write_script(keys, args) end
   local argv = { "EVALSHA", self.write_sha, tostring(#keys) }
   for i = 1, #keys do argv[#argv + 1] = keys[i] end
@@ -273,7 +285,6 @@ function store_mt:intent(job, part)
     if is_lease(err) then return nil, lease_error(self, job.uid, err) end
     return nil, store.error("cannot record the intent: " .. tostring(err.message), { reason = err.code })
   end
-  if self.run_tag then self.run_tag(job, fence) end
   self.owned[job.uid] = tostring(fence)
   arm_renew(self)
   crash.point("intent_committed")
@@ -388,6 +399,9 @@ function store_mt:jobs_unfinished()
   return snaps
 end
 
+_M.snapshot_from = snapshot_from
+_M.hash_of = hash_of
+
 --- One job's stored snapshot by uid (terminal or not), or nil.
 function store_mt:job(uid)
   check_open(self)
@@ -498,6 +512,7 @@ function _M.open(url, opts)
     owned = {},        -- uid -> fence, the jobs this worker holds
     lost = {},         -- uid -> true, the jobs it lost
     overlay = {},      -- answers/meta put and not yet acknowledged
+    links = setmetatable({}, { __mode = "k" }),  -- job -> its scale-out chunk (enrich.scaleout)
     pending_writes = 0, failures = 0, error = nil,
     release_on_close = opts.release_on_close ~= false,
     url_shown = format("redis://%s:%d/%d?ns=%s", u.host, u.port, u.db, ns),
