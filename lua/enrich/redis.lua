@@ -68,9 +68,17 @@ local giveup_mt = { __index = { on_timer = function(t, sched)
   end
 end } }
 
+-- Error replies that say "not now" (a Redis loading its data after a
+-- restart, a busy script, a failover): waiting and trying again helps.
+local PASSING = { LOADING = true, BUSY = true, TRYAGAIN = true, MASTERDOWN = true, READONLY = true,
+                  CLUSTERDOWN = true }
+
 local function to_error(c, what)
   local e = c.error
-  if e.code == "redis" then return errors.new("server", "redis: " .. tostring(e.message), { retryable = false, redis = true }) end
+  if e.code == "redis" then
+    local word = tostring(e.message):match("^(%u+)")
+    return errors.new("server", "redis: " .. tostring(e.message), { retryable = PASSING[word] == true, redis = true })
+  end
   return errors.new(e.code == "timeout" and "timeout" or "network",
                     "redis " .. what .. ": " .. tostring(e.message), { retryable = true })
 end
@@ -125,6 +133,28 @@ function client_mt:send(argv, on_reply)
   end
   sched.waiting[id] = t.waiter
   sched:at(t, now() + self.timeout)
+  return true
+end
+
+--- send(), and again after a network failure (Redis down, restarted),
+--- with backoff, for retry_for seconds; on_reply gets the last answer.
+--- Never yields. For writes nobody waits for that must still land.
+function client_mt:send_retry(argv, on_reply)
+  local deadline, delay = now() + self.retry_for, 0.05
+  local sched = self.sched
+  local function try()
+    local ok, err = self:send(argv, function(reply, e)
+      if e and e.retryable and now() + delay <= deadline then
+        self.retries = self.retries + 1
+        sched:at({ on_timer = function() try() end }, now() + delay)
+        delay = min(delay * 2, 1)
+        return
+      end
+      if on_reply then on_reply(reply, e) end
+    end)
+    if not ok and on_reply then on_reply(nil, err) end
+  end
+  try()
   return true
 end
 

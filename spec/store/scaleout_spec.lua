@@ -86,4 +86,45 @@ describe("scale-out on Redis", function()
     assert.equals(tostring(N), server:cli("HLEN", "{enrich:run:spec300}:rows"))
     for i = 1, 3 do os.remove(outs[i]) end
   end)
+
+  it("two workers through a Redis restart mid-run: every row answered once, nothing sent twice", function()
+    support.reset(sim)
+    local N = 160
+    local outs, ws = {}, {}
+    for i = 1, 2 do
+      outs[i] = os.tmpname()
+      ws[i] = worker("", { server.url, "restart160", sim.url, tostring(N), outs[i], "2", "20" })
+    end
+    require("socket").sleep(1.0)
+    server:stop()                                           -- SHUTDOWN NOSAVE: only the fsynced log survives
+    require("socket").sleep(0.5)
+    server:start()
+    for i = 1, 2 do
+      local text = ws[i]:wait(180)
+      assert.matches("exit 0", text, 1, true)
+      local rows = read_rows(outs[i])
+      for row = 1, N do assert.equals("ada" .. row .. ".byron@example.com", rows[row].email) end
+      os.remove(outs[i])
+    end
+    local stats = support.stats(sim, "tamtam")
+    for key, times in pairs(stats.inputs) do assert.equals(1, times, key) end
+    assert.is_nil(stats.responses["429"])
+    assert.equals(tostring(math.floor(N / 20)), server:cli("HGET", "{enrich:run:restart160}:run", "done"))
+  end)
+
+  it("says clearly when Redis cannot be reached or the URL is wrong", function()
+    local port = helper.free_port()
+    local text = worker("", { "redis://127.0.0.1:" .. port .. "/0?retry_for=0.3", "x", sim.url, "10", "/dev/null" }):wait(30)
+    assert.matches("cannot reach Redis at 127.0.0.1:" .. port, text, 1, true)
+    assert.is_nil(text:find("exit 0", 1, true))
+    text = worker("", { "redis://127.0.0.1:notaport/0", "x", sim.url, "10", "/dev/null" }):wait(30)
+    assert.matches("redis URL: bad host", text, 1, true)
+    text = worker("", { "http://127.0.0.1/0", "x", sim.url, "10", "/dev/null" }):wait(30)
+    assert.matches("not a redis:// URL", text, 1, true)
+  end)
+
+  it("refuses to join a run started with other input", function()
+    local text = worker("", { server.url, "spec300", sim.url, "299", "/dev/null" }):wait(30)
+    assert.matches("the run was started with other input", text, 1, true)
+  end)
 end)

@@ -248,15 +248,14 @@ local function write(self, wait, mode, job, k, extra, snap_json, on_reply)
   local argv = { "EVALSHA", self.write_sha, tostring(#keys) }
   for i = 1, #keys do argv[#argv + 1] = keys[i] end
   for i = 1, #args do argv[#argv + 1] = args[i] end
-  local ok, err = self.r:send(argv, function(reply, e)
+  self.r:send_retry(argv, function(reply, e)
     if e and e.redis and tostring(e.message):find("NOSCRIPT", 1, true) then
       argv[1], argv[2] = "EVAL", _M.WRITE              -- Redis restarted and lost its cache
-      self.r:send(argv, on_reply)
+      self.r:send_retry(argv, on_reply)
       return
     end
     on_reply(reply, e)
   end)
-  if not ok then on_reply(nil, err) end
 end
 
 -- A write that nobody waits for went wrong: kept for the host to see.
@@ -311,7 +310,11 @@ end
 function store_mt:changed(job)
   if self.closed or not self.owned[job.uid] then return end
   local uid = job.uid
-  write(self, false, "changed", job, nil, nil, nil, function(_, err) note(self, uid, err) end)
+  self.pending_writes = self.pending_writes + 1
+  write(self, false, "changed", job, nil, nil, nil, function(_, err)
+    self.pending_writes = self.pending_writes - 1
+    note(self, uid, err)
+  end)
 end
 
 --- The terminal results: sent at once, not waited for. Never yields.
@@ -446,12 +449,11 @@ local function put(self, tag, hash, key, value)
   if not json then return nil, store.error("cannot encode: " .. tostring(err), { reason = "encode" }) end
   self.overlay[tag .. key] = json
   self.pending_writes = self.pending_writes + 1
-  local ok, serr = self.r:send({ "HSET", self.P .. ":" .. hash, key, json }, function(_, e)
+  self.r:send_retry({ "HSET", self.P .. ":" .. hash, key, json }, function(_, e)
     self.pending_writes = self.pending_writes - 1
     if self.overlay[tag .. key] == json then self.overlay[tag .. key] = nil end
     if e then note(self, key, e) end
   end)
-  if not ok then return nil, store.error("cannot write: " .. tostring(serr.message), { reason = serr.code }) end
   return true
 end
 
@@ -464,6 +466,11 @@ function store_mt:meta_put(key, value) return put(self, "m", "meta", key, value)
 function store_mt:flush()
   check_open(self)
   local _, err = self.r:call { "PING" }          -- replies come in order: the writes before it are in
+  -- ... unless some wait to be sent again (Redis was away): they are bounded by retry_for.
+  for _ = 1, 1e6 do
+    if self.pending_writes <= 0 then break end
+    if self.sched:current() then self.sched:sleep(0.01) else self.sched:step(0.01) end
+  end
   if err then return nil, store.error("redis: " .. tostring(err.message), { reason = err.code }) end
   if self.error then return nil, self.error end
   return true
