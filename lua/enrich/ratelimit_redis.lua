@@ -92,6 +92,11 @@ end
 --- tokens from the shared bucket. `via`: an enrich.redis client, or a
 --- Redis store (its connection is used). opts: per_second and burst
 --- (default: the client's own rate), margin, ns (default the store's).
+--- The burst defaults to 1, not the provider's: tokens granted by Redis
+--- reach the provider from several processes and machines, and its own
+--- bucket counts them when it processes them, not when they were sent (a
+--- busy server reads a backlog at once). Evenly spaced requests keep the
+--- provider's bucket near full, so such bunching never empties it.
 --- opts.key: the client's API key (hashed at once; the client keeps its
 --- own only in closures).
 function _M.attach(client, via, opts)
@@ -101,7 +106,7 @@ function _M.attach(client, via, opts)
   local rate = opts.per_second or own.rate
   if not rate then return nil, "the client has no rate limit to share: give per_second" end
   if type(opts.key) ~= "string" then error("ratelimit_redis.attach: opts.key (the client's API key) is required", 2) end
-  local b = _M.new(r, client.spec.name, opts.key, rate, opts.burst or own.burst,
+  local b = _M.new(r, client.spec.name, opts.key, rate, opts.burst or 1,
                    { margin = opts.margin, ns = opts.ns or via.ns })
   client.shared.bucket = b
   return b
