@@ -95,6 +95,17 @@ redis.call('SADD', KEYS[4], ARGV[3])
 return { 'taken', tostring(fence), redis.call('HGETALL', KEYS[1]) }
 ]=]
 
+-- Gives a chunk back at once. KEYS: chunks, owned chunks, chunk. ARGV:
+-- index, fence.
+_M.RELEASE = NOW .. [=[
+local h = redis.call('HMGET', KEYS[3], 'fence', 'terminal')
+if h[1] == ARGV[2] and h[2] == '0' then
+  redis.call('ZADD', KEYS[1], now - 1, ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return 1
+]=]
+
 local run_mt = {}
 run_mt.__index = run_mt
 run_mt.__tostring = function(r) return "enrich.scaleout(" .. r.name .. ")" end
@@ -129,6 +140,7 @@ function _M.open(url, name, opts)
     name = name, store = s, r = s.r, sched = s.sched, P = P, worker = s.worker,
     lease = s.lease, lease_ms = s.lease_ms,
     held = {},                   -- chunk index -> fence
+    queue = {},                  -- chunks taken and not yet handed out
     lost = {},                   -- chunk index -> true
     done_here = 0,               -- chunks this worker completed
     taken_over = 0,              -- chunks this worker took from another
@@ -190,24 +202,36 @@ end
 --- live worker; a worker's lease may still run out: see work()).
 function run_mt:take()
   local info = self.info or error("enrich.scaleout: load() first", 2)
-  local args = { self.worker, tostring(self.lease_ms), "1", self.k.chunk, self.k.oprefix }
+  -- A take can hand over more than one chunk (those this worker name held
+  -- already, say after a reply lost to a reconnect): the extra ones wait
+  -- here, held and renewed, for the next calls.
+  local queue = self.queue
+  for _ = 1, #queue do
+    local c = table.remove(queue, 1)
+    if self.held[c.index] == c.fence then return c end
+  end
+  -- Only what is due: a take running meanwhile in another task of this
+  -- worker may have just taken a chunk that `held` does not show yet.
+  local args = { self.worker, tostring(self.lease_ms), "1", self.k.chunk, self.k.oprefix, "due" }
   for i in pairs(self.held) do args[#args + 1] = tostring(i) end
   local out, err = self.take_script({ self.k.chunks, self.k.fence, self.k.owned }, args)
   if not out then return nil, err_of(err, "run take") end
   if #out == 0 then return nil, "none" end
-  local index, fence = tonumber(out[1]), out[2]
-  local h = redis_store.hash_of(out[3])
-  local jobs, before = {}, false
-  for field, v in pairs(h) do
-    local step = field:match("^job:(.+)$")
-    if step then jobs[step] = v; before = true end
+  for t = 1, #out, 3 do
+    local index, fence = tonumber(out[t]), out[t + 1]
+    local jobs, before = {}, false
+    for field, v in pairs(redis_store.hash_of(out[t + 2])) do
+      local step = field:match("^job:(.+)$")
+      if step then jobs[step] = v; before = true end
+    end
+    self.held[index] = fence
+    self.lost[index] = nil
+    if before then self.taken_over = self.taken_over + 1 end
+    queue[#queue + 1] = { index = index, fence = fence, jobs = jobs, taken_over = before,
+                          first = (index - 1) * info.chunk + 1, last = min(index * info.chunk, info.rows) }
   end
-  self.held[index] = fence
-  self.lost[index] = nil
-  if before then self.taken_over = self.taken_over + 1 end
   self:_arm()
-  return { index = index, fence = fence, jobs = jobs, taken_over = before,
-           first = (index - 1) * info.chunk + 1, last = min(index * info.chunk, info.rows) }
+  return table.remove(queue, 1)
 end
 
 -- A job a chunk's step made before (by a worker that died, or by this
@@ -300,8 +324,8 @@ end
 function run_mt:release(chunk)
   if not self.held[chunk.index] then return end
   self.held[chunk.index] = nil
-  self.r:eval(redis_store.RELEASE, { self.k.chunks }, { tostring(self.lease_ms), self.k.chunk,
-                                                       tostring(chunk.index), chunk.fence })
+  self.r:eval(_M.RELEASE, { self.k.chunks, self.k.owned, self.k.chunk .. chunk.index },
+              { tostring(chunk.index), chunk.fence })
 end
 
 --- -> done, total (chunks)

@@ -67,6 +67,9 @@ if KEYS[6] and mode == 'intent' then     -- a scale-out run's chunk: linked in t
   redis.call('HSET', KEYS[6], 'job:' .. ARGV[15], uid)
 end
 local cur = redis.call('HMGET', KEYS[1], 'fence', 'terminal', 'owner')
+if cur[1] and fence == '' and mode == 'intent' and cur[3] == worker then
+  fence = cur[1]                         -- our own intent again (a retry after a lost reply)
+end
 if cur[1] then
   if cur[1] ~= fence then
     return redis.error_reply('LEASE job ' .. uid .. ' is held by another worker (' .. tostring(cur[3]) .. ')')
@@ -103,12 +106,13 @@ return fence
 -- Takes over every job whose lease has run out, and the jobs this worker
 -- name held before (a restart under the same name), except those listed.
 -- KEYS: due, fence counter, owned set of this worker. ARGV: worker, lease
--- ms, max, job key prefix, owned key prefix, then uids to leave alone.
+-- ms, max, job key prefix, owned key prefix, 'mine' (also take what this
+-- worker name holds) or 'due' (only what is due), then uids to leave alone.
 -- Returns { uid, fence, { the job's hash as field, value, ... }, ... }.
 _M.TAKE = NOW .. [=[
 local worker, lease, prefix, oprefix = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
 local skip = {}
-for i = 6, #ARGV do skip[ARGV[i]] = true end
+for i = 7, #ARGV do skip[ARGV[i]] = true end
 local out = {}
 local function take(uid)
   if skip[uid] then return end
@@ -130,7 +134,9 @@ local function take(uid)
   out[#out + 1] = redis.call('HGETALL', key)
 end
 for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do take(uid) end
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[3])) do take(uid) end
+if ARGV[6] == 'mine' then
+  for _, uid in ipairs(redis.call('SMEMBERS', KEYS[3])) do take(uid) end
+end
 return out
 ]=]
 
@@ -384,7 +390,8 @@ function store_mt:jobs_unfinished()
   check_open(self)
   local skip = {}
   for uid in pairs(self.owned) do skip[#skip + 1] = uid end
-  local args = { self.worker, tostring(self.lease_ms), tostring(_M.TAKE_MAX), self.P .. ":job:", self.P .. ":owned:" }
+  local args = { self.worker, tostring(self.lease_ms), tostring(_M.TAKE_MAX), self.P .. ":job:", self.P .. ":owned:",
+                 "mine" }
   for _, uid in ipairs(skip) do args[#args + 1] = uid end
   local out, err = self.take_script({ self.P .. ":due", self.P .. ":fence", self.owned_key }, args)
   if not out then return nil, store.error("cannot read the jobs: " .. tostring(err.message), { reason = err.code }) end
