@@ -63,7 +63,8 @@ for _, io_thread in ipairs({ false, true }) do
       one(engine, conn, { "RPUSH", key .. ":l", "x", 42 })
       assert.same({ "x", "42" }, one(engine, conn, { "LRANGE", key .. ":l", 0, -1 }).reply)
       assert.same({ bin, false }, one(engine, conn, { "MGET", key, key .. ":missing" }).reply)
-      local nested = one(engine, conn, { "EVAL", "return {1, {2, 'x'}, redis.status_reply('OK'), redis.error_reply('E1 bad')}", 0 })
+      local nested = one(engine, conn, { "EVAL",
+        "return {1, {2, 'x'}, redis.status_reply('OK'), redis.error_reply('E1 bad')}", 0 })
       assert.same({ 1, { 2, "x" }, { ok = "OK" }, { err = "E1 bad" } }, nested.reply)
       assert.same({}, one(engine, conn, { "LRANGE", key .. ":none", 0, -1 }).reply)
     end)
@@ -137,10 +138,8 @@ for _, io_thread in ipairs({ false, true }) do
       engine:close()
       assert.equals("closed", conn:status())
       local weak = setmetatable({ assert(core.new { io_thread = io_thread }) }, { __mode = "v" })
-      local c3 = weak[1]:redis { port = server.port }
-      weak[2] = c3
-      c3:command { "PING" }
-      c3 = nil
+      weak[2] = weak[1]:redis { port = server.port }
+      weak[2]:command { "PING" }
       for _ = 1, 3 do collectgarbage() end
       assert.is_nil(weak[1])
       assert.is_nil(weak[2])

@@ -77,7 +77,8 @@ function bucket_mt:take()
   if not wait then
     self.errors = self.errors + 1
     if self.errors == 1 then
-      io.stderr:write("enrich: the shared rate limit cannot reach Redis (", tostring(err and err.message), "); waiting\n")
+      io.stderr:write("enrich: the shared rate limit cannot reach Redis (", tostring(err and err.message),
+                      "); waiting\n")
     end
     return 1
   end

@@ -18,7 +18,8 @@ local core = require "enrich.core"
 local errors = require "enrich.errors"
 
 local co_running, co_yield = coroutine.running, coroutine.yield
-local type, tostring, tonumber, setmetatable, min, random = type, tostring, tonumber, setmetatable, math.min, math.random
+local type, tostring, tonumber, setmetatable, rawget = type, tostring, tonumber, setmetatable, rawget
+local min, random = math.min, math.random
 local now = core.now
 
 local _M = { _VERSION = "0.1.0" }
@@ -176,7 +177,8 @@ local function call_once(self, argv)
       park()
     end
   else
-    if rawget(_G, "ngx") and ngx.get_phase and ngx.get_phase() ~= "init" then
+    local ngx = rawget(_G, "ngx")
+    if ngx and ngx.get_phase and ngx.get_phase() ~= "init" then
       error("enrich.redis: call() outside an enrich task would block this nginx worker; "
             .. "call it from enrich.spawn/enrich.run", 3)
     end

@@ -30,8 +30,8 @@ local redis_store = require "enrich.store.redis"
 local resume = require "enrich.resume"
 local cjson = require("cjson.safe").new()
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, min, max, ceil =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, math.min, math.max, math.ceil
+local type, tostring, tonumber, pairs, ipairs, setmetatable, min, max =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, math.min, math.max
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 
@@ -307,7 +307,9 @@ function run_mt:complete(chunk, answers)
   local args = { chunk.fence, tostring(chunk.index) }
   for row = chunk.first, chunk.last do
     local json, e = encode(answers[row] == nil and cjson.null or answers[row])
-    if not json then return nil, estore.error("cannot encode row " .. row .. ": " .. tostring(e), { reason = "encode" }) end
+    if not json then
+      return nil, estore.error("cannot encode row " .. row .. ": " .. tostring(e), { reason = "encode" })
+    end
     args[#args + 1] = tostring(row)
     args[#args + 1] = json
   end

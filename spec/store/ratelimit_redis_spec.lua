@@ -58,12 +58,14 @@ describe("enrich.ratelimit_redis", function()
   it("takes the place of a client's own bucket, for every client of that key", function()
     sched:run(function()
       local enrich_client = require "enrich.client"
-      local c = assert(enrich_client.new(sched, "tamtam", { api_key = "SECRET-KEY-3", base_url = "http://127.0.0.1:9" }))
+      local c = assert(enrich_client.new(sched, "tamtam",
+        { api_key = "SECRET-KEY-3", base_url = "http://127.0.0.1:9" }))
       local r = assert(redis.connect(sched, server.url))
       local b = assert(shared.attach(c, r, { key = "SECRET-KEY-3" }))
       assert.equals(b, c.shared.bucket)
       assert.equals(9, b.rate)                   -- tamtam's 10/s with the 0.9 margin
-      local c2 = assert(enrich_client.new(sched, "tamtam", { api_key = "SECRET-KEY-3", base_url = "http://127.0.0.1:9" }))
+      local c2 = assert(enrich_client.new(sched, "tamtam",
+        { api_key = "SECRET-KEY-3", base_url = "http://127.0.0.1:9" }))
       assert.equals(b, c2.shared.bucket)
       c:throttle()
     end)

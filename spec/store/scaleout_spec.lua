@@ -114,7 +114,8 @@ describe("scale-out on Redis", function()
 
   it("says clearly when Redis cannot be reached or the URL is wrong", function()
     local port = helper.free_port()
-    local text = worker("", { "redis://127.0.0.1:" .. port .. "/0?retry_for=0.3", "x", sim.url, "10", "/dev/null" }):wait(30)
+    local unreachable = "redis://127.0.0.1:" .. port .. "/0?retry_for=0.3"
+    local text = worker("", { unreachable, "x", sim.url, "10", "/dev/null" }):wait(30)
     assert.matches("cannot reach Redis at 127.0.0.1:" .. port, text, 1, true)
     assert.is_nil(text:find("exit 0", 1, true))
     text = worker("", { "redis://127.0.0.1:notaport/0", "x", sim.url, "10", "/dev/null" }):wait(30)

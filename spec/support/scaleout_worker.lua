@@ -13,7 +13,8 @@ local shared_rate = require "enrich.ratelimit_redis"
 local url, name, sim, nrows, out = arg[1], arg[2], arg[3], tonumber(arg[4]), arg[5]
 local lease, chunk_size, poll = tonumber(arg[6] or "2"), tonumber(arg[7] or "25"), tonumber(arg[8] or "0.05")
 local rate = tonumber(arg[9] or "")     -- requests/s per key (bench: above the provider's, simulator limits off)
-assert(url and name and sim and nrows and out, "usage: scaleout_worker.lua REDIS_URL RUN SIM_URL ROWS OUT [LEASE] [CHUNK] [POLL] [RATE]")
+assert(url and name and sim and nrows and out,
+       "usage: scaleout_worker.lua REDIS_URL RUN SIM_URL ROWS OUT [LEASE] [CHUNK] [POLL] [RATE]")
 
 local function person(i)
   return { first_name = "Ada" .. i, last_name = "Byron", domain = "example.com", custom = { row = i } }
@@ -45,7 +46,8 @@ local answers = assert(run:answers())
 local f = assert(io.open(out, "w"))
 for row = 1, nrows do
   local a = answers[row]
-  f:write(row, "\t", a and a.status or "-", "\t", a and a.email or "-", "\t", a and a.row and string.format("%d", a.row) or "-", "\n")
+  local echo = a and a.row and string.format("%d", a.row) or "-"
+  f:write(row, "\t", a and a.status or "-", "\t", a and a.email or "-", "\t", echo, "\n")
 end
 f:close()
 print(("worker %s done_here %d taken_over %d resumed %d round_trips %d retries %d rate_waits %d"):format(

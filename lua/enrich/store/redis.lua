@@ -517,7 +517,9 @@ function _M.open(url, opts)
   if not r then return nil, store.error(tostring(err.message), { reason = err.code }) end
   local ns = opts.ns or u.params.ns or "enrich"
   local lease = tonumber(opts.lease or u.params.lease) or _M.DEFAULT_LEASE
-  if lease <= 0 then return nil, store.error("the lease must be a positive number of seconds", { reason = "invalid" }) end
+  if lease <= 0 then
+    return nil, store.error("the lease must be a positive number of seconds", { reason = "invalid" })
+  end
   local worker = opts.worker or u.params.worker or format("%s-%s-%s", hostname(), pid(), random_hex(4))
   local P = "{" .. ns .. "}"
   local s = setmetatable({
