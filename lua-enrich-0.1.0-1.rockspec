@@ -19,9 +19,13 @@ description = {
   license = "MIT",
   labels = { "http", "curl", "async", "enrichment" },
 }
+-- Tested: Lua 5.4 and LuaJIT 2.1 (OpenResty), which LuaRocks calls 5.1;
+-- PUC Lua 5.1 and 5.2 are refused by `require "enrich"` (they cannot yield
+-- across pcall); 5.3 is allowed, untested.
 dependencies = {
-  "lua >= 5.1",
+  "lua >= 5.1, < 5.5",
   "lua-cjson >= 2.1.0",
+  "argparse",
 }
 test_dependencies = {
   "busted >= 2.0",
@@ -30,18 +34,29 @@ test_dependencies = {
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
+  CSV = { library = "csv" },                                  -- libcsv (Debian libcsv-dev)
   HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/core.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "sqlite3", "pthread", "hiredis" },
-      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "csv", "pthread", "hiredis" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)" },
     },
+    ["enrich.cli.answers"] = "lua/enrich/cli/answers.lua",
+    ["enrich.cli.args"] = "lua/enrich/cli/args.lua",
+    ["enrich.cli.budget"] = "lua/enrich/cli/budget.lua",
+    ["enrich.cli.csvio"] = "lua/enrich/cli/csvio.lua",
+    ["enrich.cli.dedupe"] = "lua/enrich/cli/dedupe.lua",
+    ["enrich.cli.progress"] = "lua/enrich/cli/progress.lua",
+    ["enrich.cli.records"] = "lua/enrich/cli/records.lua",
+    ["enrich.cli.run"] = "lua/enrich/cli/run.lua",
+    ["enrich.cli.state"] = "lua/enrich/cli/state.lua",
+    ["enrich.cli.waterfall"] = "lua/enrich/cli/waterfall.lua",
     ["enrich.client"] = "lua/enrich/client.lua",
     ["enrich.crash"] = "lua/enrich/crash.lua",
     ["enrich.errors"] = "lua/enrich/errors.lua",
@@ -67,6 +82,7 @@ build = {
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.resume"] = "lua/enrich/resume.lua",
     ["enrich.scheduler"] = "lua/enrich/scheduler.lua",
+    ["enrich.snapshot"] = "lua/enrich/snapshot.lua",
     ["enrich.sim.control"] = "lua/enrich/sim/control.lua",
     ["enrich.sim.httpd"] = "lua/enrich/sim/httpd.lua",
     ["enrich.sim"] = "lua/enrich/sim/init.lua",
@@ -77,9 +93,11 @@ build = {
     ["enrich.sim.puffle"] = "lua/enrich/sim/puffle.lua",
     ["enrich.sim.tamtam"] = "lua/enrich/sim/tamtam.lua",
     ["enrich.sim.util"] = "lua/enrich/sim/util.lua",
+    ["enrich.store"] = "lua/enrich/store/init.lua",
+    ["enrich.store.sqlite"] = "lua/enrich/store/sqlite.lua",
   },
   install = {
-    bin = { ["enrich-sim"] = "bin/enrich-sim" },
+    bin = { ["enrich"] = "bin/enrich", ["enrich-sim"] = "bin/enrich-sim" },
   },
 }
 test = { type = "busted" }

@@ -18,7 +18,9 @@
 #   (t2) polls 50 ms apart (stress: ~2,500 requests in a few seconds);
 #   (t3) as t1, the collector left inside tick (Lua's own pacing);
 #   (t4) as t1, host and simulator sharing both cores;
-#   (t5) as t1 without the I/O thread: libcurl inside tick, sends paced.
+#   (t5) as t1 without the I/O thread: libcurl inside tick, sends paced;
+#   (t6), (t7) as t1 and t2 with every job recorded in an SQLite store
+#        (its commits on the store's writer thread).
 # BENCH_TICK_PROFILE=1 adds where a tick's time goes (bench/tick_profile.lua).
 # Asserts nothing about speed. Usage: sh bench/tick_bench.sh
 set -eu
@@ -61,6 +63,11 @@ echo "  (t2) polls 50 ms apart:      $(host 0.05 idle "$pin_host")"
 echo "  (t3) t1, collector in tick:  $(host 1 auto "$pin_host")"
 echo "  (t4) t1, sharing both cores: $(host 1 idle "")"
 echo "  (t5) t1, no I/O thread:      $(host 1 idle "$pin_host" 0)"
+store_db="$simdir/tick-store.db"
+rm -f "$store_db" "$store_db-wal" "$store_db-shm" "$store_db.lock"
+echo "  (t6) t1, jobs in a store:    $(ENRICH_STORE="sqlite:$store_db" host 1 idle "$pin_host")"
+rm -f "$store_db" "$store_db-wal" "$store_db-shm" "$store_db.lock"
+echo "  (t7) t2, jobs in a store:    $(ENRICH_STORE="sqlite:$store_db" host 0.05 idle "$pin_host")"
 echo "  target: worst < 1 ms (t1, t2)"
 if [ "${BENCH_TICK_PROFILE:-0}" = 1 ]; then
   reset

@@ -410,6 +410,8 @@ int luaopen_enrich_core(lua_State *L) {
 
   lua_newtable(L);
   ec_setfuncs(L, CORE_FUNCS);
+  ec_csv_open(L);
+  ec_cli_open(L);
   lua_pushliteral(L, EC_NAME);
   lua_setfield(L, -2, "_NAME");
   lua_pushliteral(L, EC_VERSION);

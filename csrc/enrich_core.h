@@ -171,4 +171,9 @@ void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);
 /* sqlite.c: sets module.sqlite on the module table at the top of the stack */
 void ec_sqlite_open(lua_State *L);
 
+/* csv.c, cli.c: what the `enrich` command needs (CSV through libcsv, UTF-8,
+ * a digest; SIGINT and isatty); each adds functions to the table on top. */
+void ec_csv_open(lua_State *L);
+void ec_cli_open(lua_State *L);
+
 #endif

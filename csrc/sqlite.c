@@ -451,7 +451,7 @@ typedef struct sq_writer {
   pthread_cond_t cv;        /* the thread waits for work; wait() for progress */
   sq_batch *open;           /* Lua thread only: being filled */
   sq_batch *q_head, *q_tail;      /* handed over, not yet committed */
-  sq_batch *f_head, *f_tail;      /* failed, not yet reported */
+  sq_batch *f_head, *f_tail;      /* finished, not yet collected by done() */
   unsigned long next_seq, done_seq;
   int pipe[2];              /* a byte in it: batches finished since done() */
   int signalled;
@@ -514,29 +514,15 @@ static void run_batch(sq_writer *w, sq_batch *b) {
   b->rc = rc;
 }
 
-/* Frees a finished batch's statements (outside mu: the Lua thread may be
- * waiting for it to hand the next batch over). */
-static void drop_ops(sq_batch *b) {
-  sq_op *o = b->head;
-  while (o) {
-    sq_op *next = o->next;
-    for (int i = 0; i < o->nvals; i++) free(o->vals[i].p);
-    free(o);
-    o = next;
-  }
-  b->head = b->tail = NULL;
-}
-
-/* A batch is over: counted, kept if it failed, signalled. Under mu. */
+/* A batch is over: counted, queued for done(), signalled. Under mu. The
+ * Lua thread frees it (in done()): memory malloc'd on one thread and freed
+ * on another takes the allocator's lock of the first, and a host's malloc
+ * must never wait for a background thread that holds it. */
 static void batch_done(sq_writer *w, sq_batch *b) {
   w->done_seq = b->seq;
-  if (b->rc != SQLITE_OK) {
-    b->next = NULL;
-    if (w->f_tail) w->f_tail->next = b; else w->f_head = b;
-    w->f_tail = b;
-  } else {
-    free_batch(b);
-  }
+  b->next = NULL;
+  if (w->f_tail) w->f_tail->next = b; else w->f_head = b;
+  w->f_tail = b;
   if (!w->signalled && w->pipe[1] >= 0) {
     char c = 1;
     ssize_t r;
@@ -563,7 +549,6 @@ static void *writer_main(void *arg) {
     if (w->q_head == NULL) w->q_tail = NULL;
     pthread_mutex_unlock(&w->mu);
     run_batch(w, b);
-    drop_ops(b);
     pthread_mutex_lock(&w->mu);
     batch_done(w, b);
   }
@@ -673,7 +658,6 @@ static int writer_commit(lua_State *L) {
   unsigned long seq = b->seq = ++w->next_seq;     /* b may be freed once done */
   if (!w->threaded) {
     run_batch(w, b);
-    drop_ops(b);
     pthread_mutex_lock(&w->mu);
     batch_done(w, b);
     pthread_mutex_unlock(&w->mu);
@@ -688,32 +672,42 @@ static int writer_commit(lua_State *L) {
   return 1;
 }
 
-/* Under mu: pushes done_seq and the failures not yet reported (or nil). */
-static int push_done(lua_State *L, sq_writer *w) {
+/* Under mu: takes what finished since the last look (the caller frees it,
+ * after unlocking, with push_done). */
+static sq_batch *take_done(sq_writer *w, unsigned long *done) {
   if (w->signalled) {
     char buf[16];
     ssize_t r;
     do r = read(w->pipe[0], buf, sizeof buf); while (r < 0 && errno == EINTR);
     w->signalled = 0;
   }
-  lua_pushinteger(L, (lua_Integer)w->done_seq);
-  if (w->f_head == NULL) { lua_pushnil(L); return 2; }
-  lua_newtable(L);
+  *done = w->done_seq;
+  sq_batch *fin = w->f_head;
+  w->f_head = w->f_tail = NULL;
+  return fin;
+}
+
+/* Pushes done and the failures among `fin` (or nil), and frees `fin`. */
+static int push_done(lua_State *L, unsigned long done, sq_batch *fin) {
+  lua_pushinteger(L, (lua_Integer)done);
   int n = 0;
-  while (w->f_head) {
-    sq_batch *b = w->f_head;
-    w->f_head = b->next;
-    lua_createtable(L, 0, 3);
-    lua_pushinteger(L, (lua_Integer)b->seq);
-    lua_setfield(L, -2, "seq");
-    lua_pushstring(L, b->err ? b->err : sqlite3_errstr(b->rc));
-    lua_setfield(L, -2, "message");
-    lua_pushstring(L, b->code ? b->code : code_word(b->rc));
-    lua_setfield(L, -2, "code");
-    lua_rawseti(L, -2, ++n);
+  while (fin) {
+    sq_batch *b = fin;
+    fin = b->next;
+    if (b->rc != SQLITE_OK) {
+      if (n == 0) lua_newtable(L);
+      lua_createtable(L, 0, 3);
+      lua_pushinteger(L, (lua_Integer)b->seq);
+      lua_setfield(L, -2, "seq");
+      lua_pushstring(L, b->err ? b->err : sqlite3_errstr(b->rc));
+      lua_setfield(L, -2, "message");
+      lua_pushstring(L, b->code ? b->code : code_word(b->rc));
+      lua_setfield(L, -2, "code");
+      lua_rawseti(L, -2, ++n);
+    }
     free_batch(b);
   }
-  w->f_tail = NULL;
+  if (n == 0) lua_pushnil(L);
   return 2;
 }
 
@@ -722,22 +716,23 @@ static int push_done(lua_State *L, sq_writer *w) {
  * back since the last call, or nil. Never waits. */
 static int writer_done(lua_State *L) {
   sq_writer *w = check_writer(L, 1);
+  unsigned long done;
   pthread_mutex_lock(&w->mu);
-  int n = push_done(L, w);
+  sq_batch *fin = take_done(w, &done);
   pthread_mutex_unlock(&w->mu);
-  return n;
+  return push_done(L, done, fin);
 }
 
 /* w:wait([seq]) -> as done(), once batch `seq` (default: the last handed
  * over) has finished. Blocks: for close and for hosts that may wait. */
 static int writer_wait(lua_State *L) {
   sq_writer *w = check_writer(L, 1);
-  unsigned long seq = (unsigned long)luaL_optinteger(L, 2, (lua_Integer)w->next_seq);
+  unsigned long seq = (unsigned long)luaL_optinteger(L, 2, (lua_Integer)w->next_seq), done;
   pthread_mutex_lock(&w->mu);
   while (w->done_seq < seq && w->started) pthread_cond_wait(&w->cv, &w->mu);
-  int n = push_done(L, w);
+  sq_batch *fin = take_done(w, &done);
   pthread_mutex_unlock(&w->mu);
-  return n;
+  return push_done(L, done, fin);
 }
 
 static int writer_fd(lua_State *L) {

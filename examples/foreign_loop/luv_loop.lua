@@ -1,14 +1,15 @@
 -- Driving enrich from a foreign event loop (luv, libuv's Lua binding): the
--- loop waits on what the core exposes and calls enrich.tick() only when
+-- loop waits on what enrich exposes and calls enrich.tick() only when
 -- there is something to do, never busy-looping.
 --
---   * engine:fd() — an epoll descriptor that turns readable when libcurl
---     has socket work (with ENRICH_IO_THREAD=1, libcurl runs on a thread of
---     its own and fd() is a pipe, readable while answers wait): watched
---     with a uv poll handle;
---   * the next deadline — the sooner of engine:timeout() (libcurl's own
---     timers) and the scheduler's next timer (a job's next poll, a retry
---     back-off, an enrich.sleep): one uv timer, re-armed after every tick.
+--   * enrich.fd() — a descriptor that turns readable when libcurl has
+--     socket work (an epoll set; with ENRICH_IO_THREAD=1, libcurl runs on a
+--     thread of its own and fd() is a pipe, readable while answers wait;
+--     nil on the portable core): watched with a uv poll handle;
+--   * enrich.timeout() — seconds until the loop wants a tick anyway (0 when
+--     work is ready, else the sooner of libcurl's own timer and the loop's
+--     next one: a job's next poll, a retry back-off, an enrich.sleep; nil
+--     when nothing is scheduled): one uv timer, re-armed after every tick.
 --
 -- usage: ENRICH_SIM_URL=http://127.0.0.1:PORT lua5.4 examples/foreign_loop/luv_loop.lua [JOBS]
 -- Prints one line per job, then "jobs=N succeeded=N ticks=N io_thread=0|1"; exits 1 unless all succeeded.
@@ -17,30 +18,18 @@ package.cpath = "build/5.4/?.so;" .. package.cpath
 local uv = require "luv"
 local enrich = require "enrich"
 
-if os.getenv("ENRICH_IO_THREAD") == "1" then assert(enrich.configure { io_thread = true }) end
+local io_thread = os.getenv("ENRICH_IO_THREAD") == "1"
+if io_thread then assert(enrich.configure { io_thread = true }) end
 
 local sim = os.getenv("ENRICH_SIM_URL")
 local jobs_n = math.tointeger(tonumber(arg[1] or "")) or 5
 local MAX_SECONDS = 30
 
--- Seconds until the scheduler has work without I/O: 0 when steps are ready,
--- the time to its next timer, or nil when it has none. Newer versions of the
--- scheduler answer this themselves (sched:next_wakeup()).
-local function next_wakeup(sched)
-  if sched.next_wakeup then return sched:next_wakeup() end
-  local starting = sched.starting
-  if sched.ready_head <= sched.ready_tail or (starting and starting.head <= starting.tail) then return 0 end
-  local top = sched.timers:peek()
-  return top and math.max(top.at - sched.now(), 0) or nil
-end
-
--- The host side: a uv poll on the engine's descriptor and one uv timer.
--- drive(on_idle) ticks when either fires and calls on_idle() once no job or
--- task is live; returns a function that stops and closes both handles.
+-- The host side: a uv poll on enrich.fd() and one uv timer. drive(on_idle)
+-- ticks when either fires and calls on_idle() once no job or task is live;
+-- returns a function that stops and closes both handles.
 local function drive(on_idle)
-  local sched = enrich.scheduler()
-  local engine = sched.engine
-  local fd = engine:fd()
+  local fd = enrich.fd()
   local timer = uv.new_timer()
   local watcher = fd and uv.new_poll(fd)
   local ticks = 0
@@ -53,13 +42,10 @@ local function drive(on_idle)
     arm()
   end
 
-  -- The timer fires at the sooner of the two deadlines; without an fd (the
-  -- portable core) libcurl's timeout() also covers its socket waits, capped
-  -- at 10 ms so sockets are looked at often enough.
+  -- Without an fd (the portable core) the timer also covers libcurl's
+  -- socket waits, capped at 10 ms so sockets are looked at often enough.
   function arm()
-    local wait = next_wakeup(sched)
-    local curl = engine:timeout()
-    if curl and (not wait or curl < wait) then wait = curl end
+    local wait = enrich.timeout()
     if not fd and (not wait or wait > 0.01) then wait = 0.01 end
     timer:stop()
     -- Nothing scheduled at all: the fd alone wakes us (a 1 s guard all the same).
@@ -121,5 +107,6 @@ for i, job in ipairs(jobs) do
   if job.state == "succeeded" and r.email == ("luv%d.loop@example.com"):format(i) then succeeded = succeeded + 1 end
 end
 print(("jobs=%d succeeded=%d ticks=%s io_thread=%d"):format(jobs_n, succeeded, tostring(finished_ticks),
-  enrich.scheduler().threaded and 1 or 0))
+  io_thread and 1 or 0))
+enrich.close()                        -- ends the loop and frees libcurl
 os.exit(succeeded == jobs_n and 0 or 1)

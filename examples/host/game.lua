@@ -23,7 +23,12 @@ local interval = tonumber(os.getenv("ENRICH_POLL_INTERVAL")) or 0.05
 -- send or TLS handshake lands inside a frame; tick() only hands requests
 -- over and turns answers into results. ENRICH_IO_THREAD=0: all in tick().
 assert(enrich.configure { io_thread = os.getenv("ENRICH_IO_THREAD") ~= "0" })
+-- ENRICH_STORE=sqlite:PATH records every job in a store (README, "Durable
+-- jobs"): its commits run on the store's own thread, not in tick().
+local store_url = os.getenv("ENRICH_STORE")
+local store = store_url and store_url ~= "" and assert(enrich.store.open(store_url)) or nil
 local client = assert(enrich.client("tamtam", {
+  store = store,
   api_key = os.getenv("TAMTAM_API_KEY") or "host-key",
   base_url = sim_url and (sim_url .. "/tamtam") or nil,
   poll = sim_url and { interval = interval, factor = 1.2, max_interval = 4 * interval, jitter = 0.2, deadline = 60 }

@@ -5,6 +5,7 @@ local policy = require "enrich.policy"
 local providers = require "enrich.providers"
 local ratelimit = require "enrich.ratelimit"
 local job = require "enrich.job"
+require "enrich.snapshot"                 -- job:snapshot()
 local scheduler = require "enrich.scheduler"
 
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable

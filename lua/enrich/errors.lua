@@ -12,6 +12,7 @@ local CODES = {
   rate_limited = true, server = true, network = true, timeout = true,
   protocol = false, cancelled = false, unsupported = false,
   unknown = false,     -- sent, no answer read, not safe to resend: the provider may have acted
+  store = false,       -- the durable store failed (err.reason says how: full, locked, ...)
 }
 _M.CODES = CODES
 

@@ -17,7 +17,7 @@ if _VERSION == "Lua 5.1" and not jit or _VERSION == "Lua 5.2" then
 end
 local scheduler = require "enrich.scheduler"
 local client = require "enrich.client"
-local jobs = require "enrich.job"
+local snapshot = require "enrich.snapshot"
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local providers = require "enrich.providers"
@@ -40,6 +40,9 @@ local function get_loop()
   if not loop then loop = scheduler.new(loop_opts) end
   return loop
 end
+
+--- The loop if it was made, else nil (makes nothing: for hosts and specs).
+function _M.loop() return loop end
 
 --- The loop every client and task of this Lua state shares (its engine is
 --- made here too: callers of this function read sched.engine).
@@ -79,10 +82,10 @@ function _M.client(name_or_spec, opts)
   return client.new(get_loop(), name_or_spec, opts)
 end
 
---- A live job from job:snapshot() (see enrich.job.from_snapshot).
+--- A live job from job:snapshot() (see enrich.snapshot).
 function _M.job_from_snapshot(c, snap)
   if getmetatable(c) ~= client.client_mt then error("enrich.job_from_snapshot: a client is required", 2) end
-  return jobs.from_snapshot(c, snap)
+  return snapshot.from_snapshot(c, snap)
 end
 
 --- enrich.store.open(url) -> store | nil, err (see enrich.store), and

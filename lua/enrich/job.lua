@@ -17,9 +17,8 @@ local request = require "enrich.request"
 local crash = require "enrich.crash"
 local core = require "enrich.core"
 
-local ipairs, pairs, type, next, pcall, tostring, getmetatable, setmetatable, min, max, os_time, format =
-  ipairs, pairs, type, next, pcall, tostring, getmetatable, setmetatable, math.min, math.max, os.time,
-  string.format
+local ipairs, pairs, type, next, pcall, tostring, setmetatable, min, max, os_time, format =
+  ipairs, pairs, type, next, pcall, tostring, setmetatable, math.min, math.max, os.time, string.format
 local iso = policy.iso8601
 
 local _M = { _VERSION = "0.2.0" }
@@ -46,11 +45,8 @@ local function new_uid()
     local f = io.open("/dev/urandom", "rb")
     local bytes = f and f:read(6)
     if f then f:close() end
-    if bytes and #bytes == 6 then
-      uid_prefix = bytes:gsub(".", function(c) return format("%02x", c:byte()) end)
-    else                                 -- no /dev/urandom: the clock and an address
-      uid_prefix = format("%x%s", os_time(), (tostring({}):match("(%x+)$") or ""):sub(-6))
-    end
+    uid_prefix = bytes and #bytes == 6 and bytes:gsub(".", function(c) return format("%02x", c:byte()) end)
+      or format("%x%s", os_time(), (tostring({}):match("(%x+)$") or ""):sub(-6))  -- the clock, an address
     uid_pid, uid_seq = pid, 0
   end
   uid_seq = uid_seq + 1
@@ -102,21 +98,18 @@ end
 ---------------------------------------------------------------------------
 -- Results and the one state change
 
-local function protocol(job, message, fields)
-  fields = fields or {}
-  fields.provider = job.provider
-  return errors.new("protocol", message, fields)
+local function protocol(job, message)
+  return errors.new("protocol", tostring(message):match("^[^\n]*"), { provider = job.provider })
 end
 
 -- An error from a provider file in the one shape: tables with a known code
 -- pass; anything else becomes a `protocol` error saying what it was.
 local function as_error(job, e)
-  if type(e) == "table" and errors.CODES[e.code] ~= nil then
-    if not errors.is(e) then e = errors.new(e.code, e.message, e) end
-    return e
+  if type(e) ~= "table" or errors.CODES[e.code] == nil then
+    return protocol(job, "the provider returned an error that is not an enrich error: "
+      .. tostring(type(e) == "table" and (e.message or e.code) or e))
   end
-  return protocol(job, "the provider file returned an error that is not an enrich error: "
-    .. tostring(type(e) == "table" and (e.message or e.code) or e):match("^[^\n]*"))
+  return errors.is(e) and e or errors.new(e.code, e.message, e)
 end
 
 local function item_for(job, part, k, index)
@@ -190,7 +183,7 @@ local function set_state(job, state, err)
   sched:cancel_timer(job)
   state, err = build_results(job, state, err)
   job.state, job.error, job.finished_at = state, err, t
-  sched.live_jobs = sched.live_jobs - 1
+  if job.deadline then sched.live_jobs = sched.live_jobs - 1 end   -- (started: see start, resume)
   crash.point("terminal_read")
   local ok, e = store_call(job, "finished", job)
   if not ok then job.store_error = e end
@@ -206,7 +199,7 @@ _M.set_state = set_state
 -- outside its guarded calls): the job fails, once.
 local function step_failed(msg, job)
   if job:done() then return end
-  local e = protocol(job, "provider mapping failed: " .. tostring(msg):match("^[^\n]*"))
+  local e = protocol(job, "provider mapping failed: " .. tostring(msg))
   for _, part in ipairs(job.parts) do
     if not part.done then part.error, part.done = e, true end
   end
@@ -244,7 +237,7 @@ local function submit_part(job, ctx, part)
   ctx.submitting = nil
   if ok and type(id) == "string" and id ~= "" then return id end
   if not ok then
-    err = protocol(job, "provider mapping failed: " .. tostring(id):match("^[^\n]*"))
+    err = protocol(job, "provider mapping failed: " .. tostring(id))
   elseif id ~= nil then
     err = protocol(job, "the provider's submit returned a " .. type(id) .. " id, not a string")
   elseif err == nil then
@@ -282,6 +275,9 @@ local function submit_step(job)
       if id then
         part.id = id
         job.id = job.id or id
+        crash.point("answer_read")
+        local stored, serr = store_call(job, "accepted", job, part)
+        if not stored then job.store_error = serr end
         if job:done() then               -- cancelled while the submit was on its way
           if client.spec.cancel then
             local ok, res, cerr = pcall(client.spec.cancel, ctx, part)
@@ -289,9 +285,6 @@ local function submit_step(job)
           end
           return
         end
-        crash.point("answer_read")
-        local stored, serr = store_call(job, "accepted", job, part)
-        if not stored then job.store_error = serr end
         if drop_inputs then job.parts[i] = compact(part, true) end
         if job.state == "queued" then set_state(job, "running") end
       else
@@ -336,7 +329,7 @@ local function check_step(job)
       -- answer is stale, and nothing of it is written.
       if job:done() or cancelling[job] then checking[job] = nil return end
       if not ok then
-        err = protocol(job, "provider mapping failed: " .. tostring(terminal):match("^[^\n]*"))
+        err = protocol(job, "provider mapping failed: " .. tostring(terminal))
       elseif err ~= nil then
         err = as_error(job, err)
       elseif terminal == nil then
@@ -381,8 +374,8 @@ local function cancel_step(job)
       part.items = part.items or {}
       local ok, res, err = pcall(spec.cancel, ctx, part)
       if not (ok and res) then
-        part.cancel_error = as_error(job, ok and (err or "cancel returned nothing") or
-          ("provider cancel failed: " .. tostring(res):match("^[^\n]*")))
+        part.cancel_error = ok and as_error(job, err or "cancel returned nothing")
+          or protocol(job, "provider cancel failed: " .. tostring(res))
       end
       if part.raw ~= nil then job.raw, part.raw = part.raw, nil end
     end
@@ -394,7 +387,7 @@ local CHECK = { run = check_step, failed = step_failed }
 local CANCEL = {
   run = function(job) cancel_step(job); cancelling[job] = "over"; wake_all(job) end,
   failed = function(msg, job)
-    job.parts[1].cancel_error = protocol(job, "provider cancel failed: " .. tostring(msg):match("^[^\n]*"))
+    job.parts[1].cancel_error = protocol(job, "provider cancel failed: " .. tostring(msg))
     cancelling[job] = "over"
     wake_all(job)
   end,
@@ -523,119 +516,20 @@ function job_mt:cancel()
   return self
 end
 
----------------------------------------------------------------------------
--- Snapshots: plain data to rebuild a job from (a store keeps them)
-
--- Part fields the engine rebuilds or keeps elsewhere; everything else a
--- provider keeps on a part (puffle's idempotency key) is its state.
-local ENGINE_PART_FIELDS = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
-
-local function plain(v, depth)
-  local t = type(v)
-  if t == "string" or t == "number" or t == "boolean" then return v end
-  if t ~= "table" or depth > 8 or (getmetatable(v) and not errors.is(v)) then return nil end
-  local out = {}
-  for k, x in pairs(v) do
-    if type(k) == "string" or type(k) == "number" then out[k] = plain(x, depth + 1) end
-  end
-  return out
-end
-
-local function plain_error(e)
-  if not e then return nil end
-  return { code = e.code, message = e.message, status = e.status, provider_code = e.provider_code,
-           retryable = e.retryable }
-end
-
---- Plain data (v = 2), JSON-encodable, without secrets: the key is never
---- on a job. See PLAN/DESIGN for the fields; enrich.job_from_snapshot
---- rebuilds a live job from it.
-function job_mt:snapshot()
-  local keep_inputs = self.client.spec.keep_inputs ~= false
-  local parts = {}
-  for i, p in ipairs(self.parts) do
-    local s = {}
-    for k, v in pairs(p) do
-      if not ENGINE_PART_FIELDS[k] then s[k] = plain(v, 0) end
-    end
-    if p.inputs and (keep_inputs or not p.id) then s.inputs = plain(p.inputs, 0) end
-    s.error = plain_error(p.error)
-    parts[i] = s
-  end
-  local snap = { v = 2, provider = self.provider, uid = self.uid, id = self.id, state = self.state,
-                 opts = plain(self.opts, 0), inputs = plain(self.inputs, 0), parts = parts, polls = self.polls,
-                 created_at = self.created_at, updated_at = self.updated_at, finished_at = self.finished_at }
-  if self.deadline and not self:done() then snap.deadline = max(self.deadline - self.client.sched.now(), 0) end
-  if self:done() then
-    local results = {}
-    for i, r in ipairs(self.results) do
-      local copy = plain(r, 0)
-      copy.input, copy.raw = nil, nil
-      copy.error = plain_error(r.error)
-      results[i] = copy
-    end
-    snap.results, snap.counts, snap.cost = results, plain(self.counts, 0), plain(self.cost, 0)
-    snap.error = plain_error(self.error)
-  end
-  return snap
-end
-
-local function error_from(e, provider)
-  if type(e) ~= "table" or errors.CODES[e.code] == nil then return nil end
-  return errors.new(e.code, e.message, { provider = provider, status = e.status,
-    provider_code = e.provider_code, retryable = e.retryable })
-end
-
---- A live job from job:snapshot() (decoded JSON is fine). A terminal
---- snapshot comes back terminal, with its results. Otherwise parts with a
---- provider id resume polling at once; a job with parts never sent (no id)
---- is returned unstarted: job:start() sends them, job:start{ resubmit =
---- false } ends them `unknown`.
-function _M.from_snapshot(client, snap)
-  if type(snap) ~= "table" or snap.v ~= 2 then error("job_from_snapshot: a version 2 snapshot is required", 2) end
-  if snap.provider ~= client.spec.name then
-    error("job_from_snapshot: the snapshot is of provider '" .. tostring(snap.provider) .. "', the client of '"
-      .. client.spec.name .. "'", 2)
-  end
-  local parts = {}
-  for i, s in ipairs(snap.parts) do
-    local p = {}
-    for k, v in pairs(s) do p[k] = v end
-    p.error = error_from(s.error, snap.provider)
-    if p.done == false then p.done = nil end
-    parts[i] = p
-  end
-  local job = setmetatable({
-    uid = snap.uid, provider = snap.provider, state = snap.state, id = snap.id,
-    created_at = snap.created_at, updated_at = snap.updated_at,
-    client = client, inputs = snap.inputs or {}, opts = snap.opts or {},
-    parts = parts, polls = snap.polls or 0,
-  }, job_mt)
-  local sched = client.sched
-  if TERMINAL[snap.state] then
-    job.finished_at, job.counts, job.cost = snap.finished_at, snap.counts, snap.cost
-    job.error = error_from(snap.error, snap.provider)
-    job.results = {}
-    for i, r in ipairs(snap.results or {}) do
-      r.input = job.inputs[i]
-      r.error = error_from(r.error, snap.provider)
-      job.results[i] = r
-    end
-    return job
-  end
-  for _, p in ipairs(parts) do
-    if not (p.id or p.done) then                         -- the caller decides (job:start)
-      resumed_deadline[job] = snap.deadline
+--- Puts a job rebuilt from a snapshot (enrich.snapshot) on the loop, with
+--- `left` seconds to its deadline: it polls at once when every part has a
+--- provider id; with parts never sent it waits for job:start().
+function _M.resume(job, left)
+  for _, part in ipairs(job.parts) do
+    if not (part.id or part.done) then
+      resumed_deadline[job] = left
       return job
     end
   end
-  job.deadline = sched.now() + (snap.deadline or client.poll.deadline)
+  local sched = job.client.sched
+  job.deadline = sched.now() + (left or job.client.poll.deadline)
   sched.live_jobs = sched.live_jobs + 1
-  if all_done(job) then
-    set_state(job)
-  else
-    sched:at(job, sched.now())           -- poll now
-  end
+  if all_done(job) then set_state(job) else sched:at(job, sched.now()) end
   return job
 end
 

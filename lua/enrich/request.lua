@@ -138,8 +138,10 @@ function ctx_mt:call(req)
   local submitting = self.submitting
   local idempotent = req.idempotent
   if idempotent == nil then idempotent = method ~= "POST" end
-  -- A submit may be resent only where the provider declares it safe.
-  if submitting and not client.spec.idempotent_submit then idempotent = false end
+  -- A submit that writes is resent only where the provider says it may be.
+  if submitting and method ~= "GET" and method ~= "HEAD" then
+    idempotent = client.spec.idempotent_submit == true and req.idempotent ~= false
+  end
   local body = req.body
   if req.json ~= nil then
     local err
@@ -164,7 +166,7 @@ function ctx_mt:call(req)
       return nil, self:error("invalid", "not sent: " .. tostring(refused):match("^[^\n]*"), { retryable = false })
     end
     self.before_send = nil                -- the intent is recorded once, before the first send
-    if submitting then crash.point("request_sent") end
+    if submitting and not (c.error and c.error.refused) then crash.point("request_sent") end
     local res, err = classify(self, c, req)
     if res then
       if submitting then self.answered = true end
@@ -176,7 +178,7 @@ function ctx_mt:call(req)
     -- A request that may have reached the provider is resent only when
     -- resending is harmless (idempotent) or the provider refused it unseen.
     if not idempotent and not err.unprocessed then
-      if err.code ~= "invalid" and (not c.status or (c.status >= 200 and c.status <= 299)) then
+      if c.error or (c.status >= 200 and c.status <= 299) then
         return nil, unknown(self, err)    -- sent, no answer read: the provider may have acted
       end
       return nil, err

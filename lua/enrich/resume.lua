@@ -15,8 +15,6 @@
 --
 -- `skipped` lists the snapshots of jobs whose provider has no client in
 -- `clients`: they stay in the store as they were.
-local errors = require "enrich.errors"
-
 local type, ipairs, pairs, error, require = type, ipairs, pairs, error, require
 
 local _M = { _VERSION = "0.1.0" }
@@ -67,8 +65,5 @@ function _M.resume(store, clients, opts)
   end
   return jobs, skipped
 end
-
--- The error code joins the stable ones (the engine defines it too).
-if errors.CODES.unknown == nil then errors.CODES.unknown = false end
 
 return _M

@@ -2,86 +2,86 @@
 -- the tasks (coroutines) it runs. Read it top to bottom:
 --
 --   tasks     a user task (enrich.spawn/run) or an engine step (a job's
---             submit, check or cancel, on a pooled coroutine);
---   parking   a task parks with yield; whoever may wake it took a token
---             (sched:waker()) before it parked. A wake whose token is not
---             the task's current one is dropped, so a wake meant for an
---             earlier park never lands on a later one;
---   transfer  the one path every HTTP request takes: a host slot (FIFO),
---             submit under protection, park until the completion, and the
---             slot given back on every path;
---   turns     step(wait) runs one turn; tick(budget) is the ticking host's
---             bounded turn. A turn never runs inside another one.
+--             submit, check or cancel, run on a pooled coroutine);
+--   parking   a task parks with yield; whoever may wake it took the task's
+--             token first (sched:waker()). A wake whose token is not the
+--             task's current one is dropped: a wake meant for an earlier
+--             park never lands on a later one;
+--   lanes     one per provider key: at most per_host of its steps run at
+--             once, the rest wait as records (no coroutine);
+--   transfer  the one path of every HTTP request: a host slot (FIFO), then
+--             submit under protection, park until the completion; the slot
+--             goes back on every path (the rate token is taken before, by
+--             the caller: a key waiting for its rate holds no slot);
+--   turns     step(wait) is one turn, tick(budget) the ticking host's
+--             bounded one. A turn never runs inside another.
 --
--- Waiting things cost little: a job between polls is only an entry in the
--- heap; a coroutine exists only while a step runs.
+-- A job between polls is only an entry in the timer heap: no coroutine.
 local core = require "enrich.core"
 local heap = require "enrich.heap"
 
 local co_create, co_resume, co_yield, co_running, co_status =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
 local traceback, unpack = debug.traceback, table.unpack or unpack
-local select, error, type, pairs, next, pcall, tostring, min, max =
-  select, error, type, pairs, next, pcall, tostring, math.min, math.max
+local select, error, type, pairs, next, pcall, tostring, setmetatable, min, max =
+  select, error, type, pairs, next, pcall, tostring, setmetatable, math.min, math.max
 local now = core.now
 
 local _M = { _VERSION = "0.2.0" }
 local S = {}
 S.__index = S
 
-_M.DEFAULT_PER_HOST = 32       -- transfers in flight per host; also a key's running steps
-_M.BUDGET_TRANSFERS = 2        -- new transfers per budgeted tick without an I/O thread
+_M.DEFAULT_PER_HOST = 32       -- transfers in flight per host; also a lane's running steps
+_M.BUDGET_TRANSFERS = 2        -- new sends per budgeted tick without an I/O thread
 _M.BUDGET_COMPLETIONS = 4      -- completions taken per budgeted tick
--- The process id, to notice a fork (nil on a core without getpid: no check).
-_M.getpid = core.getpid
+_M.getpid = core.getpid        -- to notice a fork (nil on a core without it: no check)
+
+-- FIFOs of records of three values, stored flat; a queue that empties
+-- after a burst drops its big table.
+local fifo_mt = { __index = {
+  push = function(q, a, b, c)
+    local t, items = q.tail, q.items
+    items[t + 1], items[t + 2], items[t + 3] = a, b, c
+    q.tail = t + 3
+  end,
+  pop = function(q)
+    local h, items = q.head, q.items
+    local a, b, c = items[h], items[h + 1], items[h + 2]
+    items[h], items[h + 1], items[h + 2] = nil, nil, nil
+    q.head = h + 3
+    if q.head > q.tail then
+      if q.tail > 3000 then q.items = {} end
+      q.head, q.tail = 1, 0
+    end
+    return a, b, c
+  end,
+  size = function(q) return (q.tail - q.head + 1) / 3 end,
+} }
+local function fifo() return setmetatable({ head = 1, tail = 0, items = {} }, fifo_mt) end
 
 --- A new loop; its engine is made at first use (after any fork).
 --- opts: per_host, io_thread, core (options for enrich.core's engine).
 function _M.new(opts)
   opts = opts or {}
   return setmetatable({
-    opts = opts, per_host = opts.per_host or _M.DEFAULT_PER_HOST,
-    threaded = opts.io_thread == true,
+    opts = opts, per_host = opts.per_host or _M.DEFAULT_PER_HOST, threaded = opts.io_thread == true,
     engine = nil, pid = nil, turning = false,
     timers = heap.new(),
-    ready = {}, ready_token = {}, ready_value = {}, head = 1, tail = 0,
-    starting = {}, start_arg = {}, start_lane = {}, start_admitted = {}, start_head = 1, start_tail = 0,
-    deferred = {},                   -- tasks waiting for the next turn's sends (tick)
+    ready = fifo(),                  -- task, token, value
+    starting = fifo(),               -- kind, arg, lane: steps to start this turn
+    deferred = {},                   -- tasks whose send waits for the next turn (tick)
     sends_left = nil,                -- sends this budgeted turn may still make
     tasks = {},                      -- coroutine -> task record
-    hosts = {},                      -- host -> { n = slots taken, FIFO of waiting tasks }
-    waiting = {}, xfer_token = {}, xfer_host = {},   -- transfer id -> task, token, host
+    hosts = {},                      -- host -> { n = slots taken, waiting = fifo of task, token }
+    waiting = {},                    -- transfer id -> { task, token, host }
     pool = {},                       -- idle step workers
-    lanes = setmetatable({}, { __mode = "k" }),      -- lanes that have held steps
+    lanes = setmetatable({}, { __mode = "k" }),      -- lanes that held steps
     live_jobs = 0, user_tasks = 0,
     tasks_live = 0, failure = nil,   -- the default group: tasks spawned outside run()
   }, S)
 end
 
 S.now = function() return now() end
-
---- The engine, made now if this process has none yet. A loop carried over
---- a fork() gets a fresh engine: the old one's transfers belong to the
---- parent, and their tasks get a `network` failure.
-function S:core()
-  local getpid = _M.getpid
-  local pid = getpid and getpid()
-  if self.engine and pid == self.pid then return self.engine end
-  if self.engine then                    -- forked: the old engine is the parent's
-    local lost = {}
-    for id in pairs(self.waiting) do
-      lost[#lost + 1] = { id = id, error = { code = "network",
-        message = "the process forked while this request was in flight" } }
-    end
-    self:deliver(lost)
-  end
-  local o = { max_host_connections = self.per_host, max_connections = 4 * self.per_host, timings = false,
-              io_thread = self.threaded or nil }
-  for k, v in pairs(self.opts.core or {}) do o[k] = v end
-  self.engine = assert(core.new(o))
-  self.pid = pid
-  return self.engine
-end
 
 ---------------------------------------------------------------------------
 -- Tasks, parking and waking
@@ -92,7 +92,7 @@ function S:current()
   return co and self.tasks[co]
 end
 
---- The running task and its token: wake(task, token) resumes this very park.
+--- The running task and its token: wake(task, token) resumes this park.
 function S:waker()
   local task = self:current()
   if not task then error("enrich: not inside a task", 2) end
@@ -106,13 +106,10 @@ function S:park()
 end
 
 --- Queues a wake for the next pass over the ready queue.
-function S:wake(task, token, value)
-  local t = self.tail + 1
-  self.tail = t
-  self.ready[t], self.ready_token[t], self.ready_value[t] = task, token, value
-end
+function S:wake(task, token, value) self.ready:push(task, token, value) end
 
 local function finish_task(self, task, ok, ...)
+  if co_status(task.co) ~= "dead" then return end
   self.tasks[task.co] = nil
   self.user_tasks = self.user_tasks - 1
   local group = task.group
@@ -122,28 +119,22 @@ local function finish_task(self, task, ok, ...)
 end
 
 -- Resumes a task if the token is its current one; drops the wake otherwise.
-local function after_resume(self, task, ok, ...)
-  if co_status(task.co) == "dead" then finish_task(self, task, ok, ...) end
-end
-
--- Resumes a task if the token is its current one; drops the wake otherwise.
 local function resume(self, task, token, value)
   if task.token ~= token or self.tasks[task.co] ~= task or co_status(task.co) ~= "suspended" then return end
   task.token = token + 1
-  if task.group then return after_resume(self, task, co_resume(task.co, value)) end   -- a user task
+  if task.group then return finish_task(self, task, co_resume(task.co, value)) end   -- a user task
   co_resume(task.co, value)              -- a step worker never raises (see new_worker)
 end
 
---- Runs fn(...) as a user task in `group` (default: the running task's, or
---- the loop's own). Its errors go to the group (see run and check_failure).
+--- Runs fn(...) as a user task in opts.group (default: the running task's,
+--- or the loop's own). Its error goes to its group (see run, check_failure).
 function S:go(fn, opts, ...)
   local args = { n = select("#", ...), ... }
   local parent = self:current()
   local group = opts and opts.group or (parent and parent.group) or self
   local task = { token = 0, group = group, on_done = opts and opts.on_done }
   task.co = co_create(function()
-    local function handler(e) return traceback(e, 2) end
-    return select(2, assert(xpcall(fn, handler, unpack(args, 1, args.n))))
+    return select(2, assert(xpcall(fn, function(e) return traceback(e, 2) end, unpack(args, 1, args.n))))
   end)
   self.tasks[task.co] = task
   self.user_tasks = self.user_tasks + 1
@@ -153,8 +144,7 @@ function S:go(fn, opts, ...)
 end
 
 -- Engine steps: kind.run(arg) on a pooled coroutine; an error goes to
--- kind.failed(msg, arg). A lane (one per provider key) runs at most
--- per_host steps at once; the rest wait as records, not coroutines.
+-- kind.failed(msg, arg).
 local POOL_MAX = 256
 
 local function new_worker(self)
@@ -163,15 +153,10 @@ local function new_worker(self)
     while true do
       local ok, err = pcall(kind.run, arg)
       if not ok then pcall(kind.failed, err, arg) end
-      if lane then
-        local h = lane.held_head
-        if h and h <= lane.held_tail then      -- its place goes to the oldest held step
-          local k, a = lane.held_kind[h], lane.held_arg[h]
-          lane.held_kind[h], lane.held_arg[h], lane.held_head = nil, nil, h + 1
-          self:start(k, a, lane, true)
-        else
-          lane.active = lane.active - 1
-        end
+      if lane and lane.held and lane.held.tail > 0 then
+        self.starting:push(lane.held:pop())          -- its place in the lane passes on
+      elseif lane then
+        lane.active = lane.active - 1
       end
       self.tasks[w.co] = nil
       if #self.pool >= POOL_MAX then return end
@@ -182,17 +167,23 @@ local function new_worker(self)
   return w
 end
 
-local function run_step(self, kind, arg, lane, admitted)
-  if lane and not admitted then
-    if lane.active >= self.per_host then             -- hold it as a record
-      if not lane.held_head then lane.held_head, lane.held_tail, lane.held_kind, lane.held_arg = 1, 0, {}, {} end
+--- Runs kind.run(arg) as an engine step at the next pass over the ready
+--- queue (in OpenResty a coroutine must be made by the loop's own light
+--- thread, never by the caller). With a lane already running per_host
+--- steps it waits in the lane.
+function S:start(kind, arg, lane)
+  if lane then
+    if lane.active >= self.per_host then
+      lane.held = lane.held or fifo()
       self.lanes[lane] = true
-      local t = lane.held_tail + 1
-      lane.held_tail, lane.held_kind[t], lane.held_arg[t] = t, kind, arg
-      return
+      return lane.held:push(kind, arg, lane)
     end
     lane.active = lane.active + 1
   end
+  self.starting:push(kind, arg, lane)
+end
+
+local function run_step(self, kind, arg, lane)
   local pool = self.pool
   local w = pool[#pool]
   if w then pool[#pool] = nil else w = new_worker(self) end
@@ -201,24 +192,15 @@ local function run_step(self, kind, arg, lane, admitted)
   co_resume(w.co, kind, arg, lane)
 end
 
---- Runs kind.run(arg) as an engine step at this or the next turn. In
---- OpenResty a coroutine must be made by the loop's own light thread, so a
---- step never starts inside the caller.
-function S:start(kind, arg, lane, admitted)
-  local t = self.start_tail + 1
-  self.start_tail = t
-  self.starting[t], self.start_arg[t], self.start_lane[t], self.start_admitted[t] = kind, arg, lane or false, admitted
-end
-
 ---------------------------------------------------------------------------
--- Timers: any table with on_timer(self, sched)
+-- Timers: any table with on_timer(self, sched) and the heap's fields
 
 local waker_mt = { __index = { on_timer = function(t, sched) sched:wake(t.task, t.token, false) end } }
 
 function S:at(obj, when) self.timers:push(obj, when) end
 function S:cancel_timer(obj) return self.timers:remove(obj) end
 
---- A timer that wakes (task, token) with false at `when`; cancel_timer it.
+--- A timer that wakes (task, token) with false at `when`.
 function S:wake_at(when, task, token)
   local t = setmetatable({ task = task, token = token }, waker_mt)
   self:at(t, when)
@@ -240,49 +222,42 @@ function _M.host_of(url)
   return url:match("^(%a+://[^/?#]*)") or ""
 end
 
+-- Gives `task`'s slot of `host` back: to the oldest live waiter, if any.
 local function give_slot(self, host, task)
-  if task then task.slot = nil end
+  task.slot = nil
   local h = self.hosts[host]
-  if not h then return end
-  while h.head <= h.tail do              -- hand it to the oldest live waiter
-    local i = h.head
-    local w, token = h[i], h.token[i]
-    h[i], h.token[i], h.head = nil, nil, i + 1
+  while h.waiting.tail > 0 do
+    local w, token = h.waiting:pop()
     if self.tasks[w.co] == w and w.token == token then
       w.slot = host
       return self:wake(w, token, true)
     end
   end
-  h.head, h.tail, h.n = 1, 0, h.n - 1
+  h.n = h.n - 1
 end
 
 local function take_slot(self, task, host)
   local h = self.hosts[host]
-  if not h then h = { n = 0, head = 1, tail = 0, token = {} }; self.hosts[host] = h end
-  if h.n < self.per_host and h.head > h.tail then
-    h.n = h.n + 1
-    task.slot = host
-    return
+  if not h then h = { n = 0, waiting = fifo() }; self.hosts[host] = h end
+  if h.n < self.per_host and h.waiting.tail == 0 then
+    h.n, task.slot = h.n + 1, host
+  else
+    h.waiting:push(task, task.token)
+    co_yield()                           -- give_slot hands it over
   end
-  local t = h.tail + 1
-  h.tail, h[t], h.token[t] = t, task, task.token
-  co_yield()                             -- give_slot hands the slot over
 end
 
 --- Sends req from the running task and returns its completion record.
---- Waits for a slot of `host` (FIFO); then before_send() (may yield;
---- nil, err: nothing is sent, and { before_send_error = err } comes back);
---- then the core's submit (a raise comes back as an `invalid` completion).
---- The slot is given back on every path.
+--- Waits for a slot of `host` (FIFO); runs before_send() (may yield; nil,
+--- err: nothing is sent, { before_send_error = err } comes back); then the
+--- core's submit (a raise comes back as a refused completion).
 function S:transfer(req, host, before_send)
   local task = self:current()
   if not task then error("enrich: a transfer needs a task", 2) end
-  if self.sends_left then                -- a budgeted tick: this turn's share of sends
-    while self.sends_left and self.sends_left <= 0 do
-      self.deferred[#self.deferred + 1] = task
-      co_yield()
-    end
-    if self.sends_left then self.sends_left = self.sends_left - 1 end
+  while self.sends_left do               -- a budgeted tick: this turn's share of sends
+    if self.sends_left > 0 then self.sends_left = self.sends_left - 1 break end
+    self.deferred[#self.deferred + 1] = task
+    co_yield()
   end
   take_slot(self, task, host)
   if before_send then
@@ -296,73 +271,103 @@ function S:transfer(req, host, before_send)
   local ok, id = pcall(engine.submit, engine, req)
   if not ok then
     give_slot(self, host, task)
-    return { error = { code = "invalid", message = "request refused: " .. tostring(id):match("^[^\n]*"),
-                       refused = true } }
+    return { error = { code = "invalid", refused = true,
+                       message = "request refused: " .. tostring(id):match("^[^\n]*") } }
   end
-  self.waiting[id], self.xfer_token[id], self.xfer_host[id] = task, task.token, host
+  self.waiting[id] = { task, task.token, host }
   return co_yield()
 end
 
--- Completions wake their tasks; each gives its slot back first.
+--- Completions wake their tasks, each giving its slot back first.
 function S:deliver(done)
   for i = 1, #done do
     local c = done[i]
-    local task = self.waiting[c.id]
-    if type(task) == "function" then   -- a callback waiter (enrich.redis): no slot, no wake; never yields
+    local w = self.waiting[c.id]
+    if type(w) == "function" then      -- a callback waiter (enrich.redis): no slot, no wake; never yields
       self.waiting[c.id] = nil
-      task(c)
-    elseif task then
-      local token, host = self.xfer_token[c.id], self.xfer_host[c.id]
-      self.waiting[c.id], self.xfer_token[c.id], self.xfer_host[c.id] = nil, nil, nil
-      give_slot(self, host, task)
-      self:wake(task, token, c)
+      w(c)
+    elseif w then
+      self.waiting[c.id] = nil
+      give_slot(self, w[3], w[1])
+      self:wake(w[1], w[2], c)
     end
   end
+end
+
+--- The engine, made now if this process has none yet. A loop carried over
+--- a fork() gets a fresh one: the old engine's transfers are the parent's,
+--- and their tasks get a `network` failure.
+function S:core()
+  local getpid = _M.getpid
+  local pid = getpid and getpid()
+  if self.engine and pid == self.pid then return self.engine end
+  if self.engine then
+    local lost = {}
+    for id in pairs(self.waiting) do
+      lost[#lost + 1] = { id = id, error = { code = "network", message = "the process forked during the request" } }
+    end
+    self:deliver(lost)
+  end
+  local o = { max_host_connections = self.per_host, max_connections = 4 * self.per_host, timings = false,
+              io_thread = self.threaded or nil }
+  for k, v in pairs(self.opts.core or {}) do o[k] = v end
+  self.engine, self.pid = assert(core.new(o)), pid
+  return self.engine
 end
 
 ---------------------------------------------------------------------------
 -- Turns
 
 local function queued(self)
-  return self.head <= self.tail or self.start_head <= self.start_tail or self.deferred[1] ~= nil
+  return self.ready.tail > 0 or self.starting.tail > 0 or self.deferred[1] ~= nil
 end
 
--- Runs the tasks woken so far, then starts the queued steps; with
--- `limit`, at least one of each, then no more once the clock passes it.
+-- Runs what is ready, then starts the queued steps (only what was queued
+-- before this pass). With `limit`: one of each at least, then no more
+-- once the clock passes it.
 local function run_queued(self, limit)
-  local last, n = self.tail, 0
-  while self.head <= last and not (limit and n > 0 and now() >= limit) do
-    local i = self.head
-    local task, token, value = self.ready[i], self.ready_token[i], self.ready_value[i]
-    self.ready[i], self.ready_token[i], self.ready_value[i], self.head = nil, nil, nil, i + 1
-    n = n + 1
-    resume(self, task, token, value)
+  local ready, starting = self.ready, self.starting
+  for i = 1, ready:size() do
+    if limit and i > 1 and now() >= limit then break end
+    resume(self, ready:pop())
   end
-  if self.head > self.tail then self.head, self.tail = 1, 0 end
-  last, n = self.start_tail, 0
-  while self.start_head <= last and not (limit and n > 0 and now() >= limit) do
-    local i = self.start_head
-    local kind, arg, lane, admitted = self.starting[i], self.start_arg[i], self.start_lane[i], self.start_admitted[i]
-    self.starting[i], self.start_arg[i], self.start_lane[i], self.start_admitted[i] = nil, nil, nil, nil
-    self.start_head = i + 1
-    n = n + 1
-    run_step(self, kind, arg, lane or nil, admitted)
+  for i = 1, starting:size() do
+    if limit and i > 1 and now() >= limit then break end
+    run_step(self, starting:pop())
   end
-  if self.start_head > self.start_tail then self.start_head, self.start_tail = 1, 0 end
 end
 
 local function fire_timers(self, limit)
-  local t, n = now(), 0
-  local top = self.timers:peek()
+  local t, timers = now(), self.timers
+  local top, n = timers:peek(), 0
   while top and top.at <= t and not (limit and n > 0 and now() >= limit) do
     n = n + 1
-    self.timers:pop()
+    timers:pop()
     top:on_timer(self)
-    top = self.timers:peek()
+    top = timers:peek()
   end
 end
 
-local function enter(self)
+local function turn(self, engine, max_wait)
+  local wait = 0
+  if not queued(self) then
+    local top = self.timers:peek()
+    wait = top and min(max_wait, max(top.at - now(), 0)) or max_wait
+  end
+  self:deliver(engine:poll(wait))
+  fire_timers(self)
+  run_queued(self)
+end
+
+local function bounded_turn(self, engine, budget)
+  local limit = now() + budget
+  self:deliver(engine:poll(0, _M.BUDGET_COMPLETIONS, budget))
+  fire_timers(self, limit)
+  self.sends_left = not self.threaded and _M.BUDGET_TRANSFERS or nil
+  run_queued(self, limit)
+end
+
+local function run_turn(self, fn, arg)
   if self.turning then
     error("enrich: the loop is already running a turn: job:wait, enrich.sleep or enrich.run was called "
       .. "from a coroutine that enrich does not run (start it with enrich.spawn instead)", 3)
@@ -374,62 +379,25 @@ local function enter(self)
     self.deferred = {}
     for i = 1, #d do self:wake(d[i], d[i].token) end
   end
-  return engine
-end
-
-local function leave(self, engine)
+  local ok, err = pcall(fn, self, engine, arg)
+  self.sends_left = nil
   if self.threaded then engine:flush() end   -- the turn's requests, handed over in one go
   self.turning = false
+  if not ok then error(err, 0) end
   return self.live_jobs + self.user_tasks
 end
 
--- Seconds a turn may wait for transfers: none while work is queued, and
--- not past the next timer.
-local function wait_for(self, max_wait)
-  if queued(self) then return 0 end
-  local top = self.timers:peek()
-  if top then return min(max_wait, max(top.at - now(), 0)) end
-  return max_wait
-end
-
 --- One turn: waits at most `max_wait` seconds for transfers (less if a
---- timer is due sooner, none if work is ready), then delivers completions,
---- fires due timers and runs what is ready. Returns the live jobs and tasks.
-local function turn(self, engine, max_wait)
-  self:deliver(engine:poll(wait_for(self, max_wait)))
-  fire_timers(self)
-  run_queued(self)
-end
+--- timer is due sooner, none if work is ready), delivers completions,
+--- fires due timers, runs what is ready. Returns the live jobs and tasks.
+function S:step(max_wait) return run_turn(self, turn, max_wait or 0) end
 
-function S:step(max_wait)
-  local engine = enter(self)
-  local ok, err = pcall(turn, self, engine, max_wait or 0)
-  local live = leave(self, engine)
-  if not ok then error(err, 0) end
-  return live
-end
-
---- The ticking host's turn: bounded by `budget` seconds of work. At most
---- BUDGET_COMPLETIONS completions, and without an I/O thread at most
+--- The ticking host's turn, bounded by `budget` seconds of work: at most
+--- BUDGET_COMPLETIONS completions and, without an I/O thread, at most
 --- BUDGET_TRANSFERS new sends (each costs a connect and a send inside the
---- next poll); one completion, one timer, one step and one ready task
---- always get their go, so any budget makes progress.
-local function bounded_turn(self, engine, budget)
-  local limit = now() + budget
-  self:deliver(engine:poll(0, _M.BUDGET_COMPLETIONS, budget))
-  fire_timers(self, limit)
-  self.sends_left = not self.threaded and _M.BUDGET_TRANSFERS or nil
-  run_queued(self, limit)
-end
-
-function S:tick(budget)
-  local engine = enter(self)
-  local ok, err = pcall(bounded_turn, self, engine, budget)
-  self.sends_left = nil
-  local live = leave(self, engine)
-  if not ok then error(err, 0) end
-  return live
-end
+--- next poll). A completion, a timer, a step and a ready task always get
+--- their go, so any budget makes progress.
+function S:tick(budget) return run_turn(self, bounded_turn, budget) end
 
 function S:live() return self.live_jobs + self.user_tasks end
 
@@ -441,32 +409,30 @@ end
 --- Seconds until the loop has work without I/O: 0 when work is ready or
 --- answers wait in the core, the time to the next timer, or nil.
 function S:next_wakeup()
-  if queued(self) then return 0 end
-  if self.engine and self.engine:timeout() == 0 then return 0 end
+  if queued(self) or (self.engine and self.engine:timeout() == 0) then return 0 end
   local top = self.timers:peek()
   return top and max(top.at - now(), 0) or nil
 end
 
---- Seconds until the loop wants a tick (next_wakeup or libcurl's own timer).
+--- Seconds until the loop wants a tick (next_wakeup or libcurl's timer).
 function S:timeout()
-  local w = self:next_wakeup()
-  local c = self:core():timeout()
+  local w, c = self:next_wakeup(), self:core():timeout()
   if c and (not w or c < w) then w = c end
   return w
 end
 
---- Transfers in flight, plus tasks waiting for a host slot and steps held
---- in their key's lane (each is about to send).
+--- Transfers in flight, tasks waiting for a host slot, and steps held in
+--- their lane (each about to send).
 function S:transfers()
   local n = 0
   for _ in pairs(self.waiting) do n = n + 1 end
-  for _, h in pairs(self.hosts) do n = n + (h.tail - h.head + 1) end
-  for lane in pairs(self.lanes) do n = n + (lane.held_tail - lane.held_head + 1) end
+  for _, h in pairs(self.hosts) do n = n + h.waiting:size() end
+  for lane in pairs(self.lanes) do n = n + lane.held:size() end
   return n
 end
 
 ---------------------------------------------------------------------------
--- Groups: run() owns the tasks it starts (and those they spawn)
+-- Groups: a run() owns the tasks it starts and those they spawn
 
 -- Forgets a group's tasks: none of them runs again; a slot one holds goes back.
 local function abandon(self, group)
@@ -492,30 +458,25 @@ end
 --- Runs fn(...) as a task and drives the loop until it and every task it
 --- spawned have finished; returns fn's results. The first error of one of
 --- these tasks is raised from here, and their other tasks are abandoned
---- (never resumed). Tasks of other runs and of enrich.spawn outside any
---- run go on.
+--- (never resumed again). Tasks of other runs, and those spawned outside
+--- any run, go on.
 function S:run(fn, ...)
   if type(fn) ~= "function" then error("enrich.run: a function is required", 2) end
   if self:current() then error("enrich.run: already inside a task; use enrich.spawn", 2) end
-  local group = { tasks_live = 0 }
-  local results
+  local group, results = { tasks_live = 0 }, nil
   self:go(fn, { group = group, on_done = function(...) results = { n = select("#", ...), ... } end }, ...)
-  while true do
+  while not (results and group.tasks_live == 0) do
     self:step(1)
-    if group.failure then
+    if group.failure or (self:idle() and group.tasks_live > 0) then
       abandon(self, group)
-      error(group.failure, 2)
-    end
-    if results and group.tasks_live == 0 then break end
-    if self:idle() and group.tasks_live > 0 then
-      abandon(self, group)
-      error("enrich.run: tasks are parked with nothing left to wake them", 2)
+      error(group.failure or "enrich.run: tasks are parked with nothing left to wake them", 2)
     end
   end
   return unpack(results, 1, results.n)
 end
 
---- Ends the loop: its engine closes (transfers in flight end unanswered).
+--- Ends the loop: its engine closes (transfers in flight end unanswered);
+--- `closed` tells a host's driver to stop.
 function S:close()
   if self.engine then self.engine:close() end
   self.engine, self.closed = nil, true

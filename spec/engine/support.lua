@@ -36,8 +36,8 @@ end
 -- driven (2 s at most) until each of those has ended. Without one, nothing
 -- moves unless the loop is driven, and this returns at once.
 local function settle()
-  local sched = enrich.scheduler()
-  if not sched.threaded then return end
+  local sched = enrich.loop()             -- makes nothing (see lazy_loop_spec)
+  if not (sched and sched.threaded and sched.engine) then return end
   local ids = {}
   for id in pairs(sched.waiting) do ids[#ids + 1] = id end
   local function open()

@@ -1,6 +1,6 @@
 -- A foreign event loop (luv) driving enrich: examples/foreign_loop/luv_loop.lua
--- watches engine:fd() with a uv poll handle and the next deadline with a uv
--- timer, and ticks only when one fires. Run as a child (lua5.4, luv) against
+-- watches enrich.fd() with a uv poll handle and enrich.timeout() with a uv
+-- timer, and ticks only when one fires (no private field of the loop read). Run as a child (lua5.4, luv) against
 -- the simulator; asserts every job finished correctly and the loop did not spin.
 local support = require "engine.support"
 local helper = require "helper"
@@ -28,6 +28,16 @@ describe("a luv loop driving enrich", function()
     return run(("%sENRICH_SIM_URL=%s timeout 40 lua5.4 examples/foreign_loop/luv_loop.lua %d"):format(
       env or "", q(sim.url), jobs))
   end
+
+  it("reads nothing private of the loop: only enrich.fd(), enrich.timeout() and enrich.tick()", function()
+    local f = assert(io.open("examples/foreign_loop/luv_loop.lua"))
+    local text = f:read("*a")
+    f:close()
+    assert.is_nil(text:find("scheduler", 1, true))
+    assert.is_nil(text:find("engine", 1, true))
+    assert.is_truthy(text:find("enrich.fd()", 1, true))
+    assert.is_truthy(text:find("enrich.timeout()", 1, true))
+  end)
 
   it("runs every job to its end and prints the results", function()
     local out, err, code = example(8)

@@ -4,7 +4,6 @@
 -- counters and the store: no input submitted twice, no provider id lost,
 -- every job terminal or `unknown`, and `unknown` only where the kill came
 -- after the intent was committed and before the provider id was.
-local helper = require "helper"
 local support = require "engine.support"
 local estore = require "enrich.store"
 
@@ -32,7 +31,9 @@ local function child(sim, db, provider, phase, crash_at)
   local out = p:read("*a")
   p:close()
   local jobs = {}
-  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do jobs[#jobs + 1] = { uid = uid, state = state, code = code } end
+  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do
+    jobs[#jobs + 1] = { uid = uid, state = state, code = code }
+  end
   return out, out:find("\nDONE\n", 1, true) ~= nil or out:sub(1, 5) == "DONE\n", jobs
 end
 
@@ -90,6 +91,14 @@ describe("kill -9 at every crash point, then resume", function()
         cleanup(db)
         local context = "\nrun:\n" .. out1 .. "\nresume:\n" .. out2
 
+        if os.getenv("ENRICH_CRASH_REPORT") then
+          local states = {}
+          for _, j in ipairs(jobs) do states[#states + 1] = j.state end
+          io.stderr:write(("%-7s %-19s killed=%-5s states=%-28s provider_jobs=%d ids_known=%d "
+                           .. "unknown_parts=%d dups=%d reused=%d\n")
+            :format(provider, at, tostring(not finished1), table.concat(states, ","), stats.jobs, facts.ids,
+                    facts.unknown_parts, #stats.duplicates, stats.reused or 0))
+        end
         -- No input submitted twice (a lance record or a puffle replay
         -- answered again is `reused`, not submitted).
         assert.same({}, stats.duplicates, context)
@@ -112,6 +121,11 @@ describe("kill -9 at every crash point, then resume", function()
         end
         if not finished1 and not RESENDS[provider] and MUST_BE_UNKNOWN[point] then
           assert.is_true(unknown > 0, "a submit on the wire when killed must end unknown" .. context)
+        end
+        -- A submit on the wire went again with the same identity, and the
+        -- provider answered it with the work it had (free).
+        if not finished1 and RESENDS[provider] and MUST_BE_UNKNOWN[point] then
+          assert.is_true((stats.reused or 0) > 0, "the resend was not a replay" .. context)
         end
         -- No provider id lost: every job the provider made is known to the
         -- store, but one per part that ended unknown; and (past the intent

@@ -106,6 +106,22 @@ describe("enrich.store (sqlite)", function()
     assert.is_true(commits <= 3, "commits: " .. commits)
   end)
 
+  it("goes on with a new loop after the one it was used on is closed", function()
+    local s = assert(estore.open("sqlite:" .. path))
+    local old = assert(scheduler.new())
+    local job = fake_job(old, "a1")
+    s:changed(job)                          -- a commit is armed on `old`, which never turns again
+    old:close()
+    local new = assert(scheduler.new())
+    new:run(function()
+      local j = fake_job(new, "b1")
+      assert.is_true(s:intent(j, j.parts[1]))
+    end)
+    assert.equal(1, #s:jobs_unfinished())
+    s:close()
+    new:close()
+  end)
+
   it("never stores the API key", function()
     in_loop(path, function(sched, s)
       local job = fake_job(sched, "k1")
@@ -216,7 +232,9 @@ describe("enrich.store (sqlite)", function()
           local job = { uid = "big" .. i, provider = "tamtam", state = "queued", client = { sched = sched },
                         parts = { { uid = "big" .. i .. "/1", count = 1 } } }
           job.parts[1].inputs = { string.rep("x", 1200000) }
-          function job.snapshot(j) return { v = 2, uid = j.uid, state = j.state, parts = { { uid = j.parts[1].uid } } } end
+          function job.snapshot(j)
+            return { v = 2, uid = j.uid, state = j.state, parts = { { uid = j.parts[1].uid } } }
+          end
           local ok, err = s:intent(job, job.parts[1])
           print("intent", tostring(ok), err and err.code, err and err.reason, err and tostring(err))
         end

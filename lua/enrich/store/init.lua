@@ -13,9 +13,8 @@ local type, pcall, require = type, pcall, require
 
 local _M = { _VERSION = "0.1.0" }
 
--- Store failures carry their own stable code; `sqlite` (or the backend's
--- word) says more: "full", "busy", "notadb", "readonly", "newer", ...
-if errors.CODES.store == nil then errors.CODES.store = false end
+-- Store failures carry their own stable code, "store" (enrich.errors);
+-- err.reason says more: "full", "locked", "not_ours", "newer", ...
 
 --- An error in the one shape, code "store".
 function _M.error(message, fields)

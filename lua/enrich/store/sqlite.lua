@@ -51,6 +51,7 @@ local SCHEMA = {
       intent TEXT NOT NULL,         -- JSON: provider, prepared inputs, options, idempotency key
       intent_at INTEGER NOT NULL,
       provider_id TEXT,             -- committed before the first poll is scheduled
+      state TEXT,                   -- JSON: the provider's fields on the part once accepted
       accepted_at INTEGER)]],
   "CREATE INDEX parts_job ON parts(job)",
   "CREATE TABLE answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, at INTEGER NOT NULL)",
@@ -58,7 +59,7 @@ local SCHEMA = {
 }
 
 -- The writer's statements, by number (w:add(k, ...)).
-local S_JOB, S_PART, S_ACCEPTED, S_SNAPSHOT, S_STATE, S_FINISHED, S_ANSWER, S_META = 1, 2, 3, 4, 5, 6, 7, 8
+local S_JOB, S_PART, S_ACCEPTED, S_JOB_ID, S_STATE, S_FINISHED, S_ANSWER, S_META = 1, 2, 3, 4, 5, 6, 7, 8
 local STATEMENTS = {
   [S_JOB] = [[INSERT INTO jobs (uid, provider, state, provider_id, snapshot, saved_at, updated_at)
               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -66,9 +67,9 @@ local STATEMENTS = {
                                               saved_at = ?6, updated_at = ?7]],
   [S_PART] = [[INSERT INTO parts (uid, job, k, intent, intent_at) VALUES (?1, ?2, ?3, ?4, ?5)
                ON CONFLICT (uid) DO UPDATE SET intent = ?4, intent_at = ?5]],
-  [S_ACCEPTED] = "UPDATE parts SET provider_id = ?2, accepted_at = ?3 WHERE uid = ?1",
-  [S_SNAPSHOT] = [[UPDATE jobs SET state = ?2, provider_id = ?3, snapshot = ?4, saved_at = ?5,
-                   updated_at = ?6 WHERE uid = ?1 AND terminal = 0]],
+  [S_ACCEPTED] = "UPDATE parts SET provider_id = ?2, state = ?3, accepted_at = ?4 WHERE uid = ?1",
+  [S_JOB_ID] = [[UPDATE jobs SET state = ?2, provider_id = coalesce(provider_id, ?3), updated_at = ?4
+                 WHERE uid = ?1 AND terminal = 0]],
   [S_STATE] = "UPDATE jobs SET state = ?2, updated_at = ?3 WHERE uid = ?1 AND terminal = 0",
   [S_FINISHED] = [[UPDATE jobs SET state = ?2, provider_id = ?3, snapshot = ?4, saved_at = ?5,
                    updated_at = ?6, finished_at = ?6, terminal = 1 WHERE uid = ?1]],
@@ -139,7 +140,9 @@ end
 function _M.open(url, opts)
   opts = opts or {}
   local path = url:match("^[sS][qQ][lL][iI][tT][eE]:(.+)$")
-  if not path then return nil, store.error("expected sqlite:PATH, got '" .. tostring(url) .. "'", { reason = "invalid" }) end
+  if not path then
+    return nil, store.error("expected sqlite:PATH, got '" .. tostring(url) .. "'", { reason = "invalid" })
+  end
   path = path:gsub("^//", "")
   local db, msg, code = core.sqlite.open(path, { lock = path .. ".lock" })
   if not db then
@@ -171,6 +174,7 @@ function _M.open(url, opts)
     waiter_head = 1, waiter_tail = 0,
     overlay = {},       -- answers/meta put and not yet committed: key -> { value, seq }
     failures = 0, error = nil,
+    recorded = setmetatable({}, { __mode = "k" }),  -- jobs whose snapshot is committed
   }, store_mt)
   s.commit_timer = { on_timer = function(_, sched) s:_commit(sched) end }
   s.check_timer = { on_timer = function(_, sched) s:_check(sched) end }
@@ -183,18 +187,29 @@ local function check_open(self)
   if self.closed then error("enrich.store: the store is closed", 3) end
 end
 
+-- Sets one of the store's two timers ("commit", "check") on `sched`'s
+-- heap. A timer is in one heap at a time: one left on another loop (closed
+-- since, say) is taken off it first, or it would never fire.
+local function arm(self, which, sched, when)
+  local field, timer = which .. "_armed", self[which .. "_timer"]
+  local on = self[field]
+  if on == sched then return end
+  if on then on:cancel_timer(timer) end
+  self[field] = sched
+  sched:at(timer, when)
+end
+
 -- Hands the open batch over (if none is in flight), from the commit timer.
 function store_mt:_commit(sched)
   self.commit_armed = nil
-  if self.handed > self.done then return end     -- one in flight: _check sends this one after it
+  if self.handed > self.done then                -- one in flight: _check sends this one after it
+    return arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
+  end
   if self.queued == 0 and self.waiter_head > self.waiter_tail then return end
   self.queued = 0
   self.handed = self.w:commit(crash.due("in_commit"))
   if self.threaded then
-    if not self.check_armed then
-      self.check_armed = true
-      sched:at(self.check_timer, sched.now() + _M.CHECK_INTERVAL)
-    end
+    arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
   else
     self:_check(sched)
   end
@@ -206,8 +221,7 @@ function store_mt:_check(sched)
   local done, failures = self.w:done()
   self:_finished(done, failures, sched)
   if self.handed > self.done then                 -- still committing: look again soon
-    self.check_armed = true
-    sched:at(self.check_timer, sched.now() + _M.CHECK_INTERVAL)
+    arm(self, "check", sched, sched.now() + _M.CHECK_INTERVAL)
   elseif self.queued > 0 or self.waiter_head <= self.waiter_tail then  -- queued meanwhile: the next batch
     self:_commit(sched)
   end
@@ -249,10 +263,7 @@ end
 function store_mt:_add(sched, k, ...)
   self.w:add(k, ...)
   self.queued = self.queued + 1
-  if sched and not self.commit_armed then
-    self.commit_armed = true
-    sched:at(self.commit_timer, sched.now())
-  end
+  if sched then arm(self, "commit", sched, sched.now()) end
 end
 
 -- Waits until everything queued so far is durable: parks the running task
@@ -265,10 +276,7 @@ function store_mt:_durable(sched)
     local t = self.waiter_tail + 1
     self.waiter_tail = t
     self.waiters[t], self.waiter_tokens[t], self.waiter_seqs[t] = task, token, seq
-    if not self.commit_armed then
-      self.commit_armed = true
-      sched:at(self.commit_timer, sched.now())
-    end
+    arm(self, "commit", sched, sched.now())
     local ok = sched:park()
     if ok == true then return true end
     return nil, ok
@@ -298,6 +306,11 @@ end
 
 local function now() return os_time() end
 
+-- A part's own fields as the engine's snapshot keeps them (not its
+-- inputs, items, body or errors): the provider's state after its submit
+-- (puffle's run, lance's records), small next to the whole job.
+local PART_SKIP = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
+
 local function snapshot_json(job)
   local snap = job:snapshot()
   return encode(snap)
@@ -310,12 +323,21 @@ end
 -- What resending needs, and no more: never the client (its key).
 local function intent_json(job, part, snap)
   local k = part_index(part)
-  local p = snap and snap.parts and snap.parts[k] or {}
   local intent = {}
-  for key, v in pairs(p) do intent[key] = v end
+  local p = snap and snap.parts and snap.parts[k]
+  if p then
+    for key, v in pairs(p) do intent[key] = v end
+  else
+    for key, v in pairs(part) do
+      local t = type(v)
+      if not PART_SKIP[key] and (t == "string" or t == "number" or t == "boolean" or t == "table") then
+        intent[key] = v
+      end
+    end
+  end
   intent.provider, intent.job, intent.uid, intent.k = job.provider, job.uid, part.uid, k
   intent.inputs = intent.inputs or part.inputs     -- the prepared inputs, as sent
-  intent.opts = snap and snap.opts or job.opts
+  intent.opts = snap and snap.opts or nil          -- the job's snapshot has them
   intent.idempotency_key = part.idempotency_key
   return encode(intent)
 end
@@ -325,34 +347,50 @@ end
 function store_mt:intent(job, part)
   check_open(self)
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
-  local snap = job:snapshot()
-  local sjson, err1 = encode(snap)
+  self.sched = sched or self.sched
+  -- The job's snapshot goes with its first intent: every part still holds
+  -- its inputs then. Later parts add their intents only.
+  local first = not self.recorded[job]
+  local snap = first and job:snapshot() or nil
+  local sjson, err1 = true, nil
+  if first then sjson, err1 = encode(snap) end
   local ijson, err2 = intent_json(job, part, snap)
   if not (sjson and ijson) then
     return nil, store.error("cannot record the job: " .. tostring(err1 or err2), { reason = "encode" })
   end
   local t = now()
-  self:_add(sched, S_JOB, job.uid, job.provider, job.state, job.id, sjson, t, job.updated_at)
+  if first then self:_add(sched, S_JOB, job.uid, job.provider, job.state, job.id, sjson, t, job.updated_at) end
   self:_add(sched, S_PART, part.uid, job.uid, part_index(part) or 0, ijson, t)
   local ok, err = self:_durable(sched)
   if not ok then return nil, err end
+  self.recorded[job] = true
   crash.point("intent_committed")
   return true
 end
 
---- The provider id: committed before the first poll is scheduled.
+local function part_state_json(part)
+  local s = {}
+  for k, v in pairs(part) do
+    local t = type(v)
+    if not PART_SKIP[k] and (t == "string" or t == "number" or t == "boolean" or t == "table") then s[k] = v end
+  end
+  return encode(s)
+end
+
+--- The provider id: committed before the first poll is scheduled. Only the
+--- part's id and state and the job's state are written: the snapshot taken
+--- with the intent holds the rest.
 function store_mt:accepted(job, part)
   check_open(self)
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
-  local sjson, err = snapshot_json(job)
-  if not sjson then
-    return nil, store.error("cannot record the job: " .. tostring(err), { reason = "encode" })
+  self.sched = sched or self.sched
+  local state, err = part_state_json(part)
+  if not state then
+    return nil, store.error("cannot record the provider id: " .. tostring(err), { reason = "encode" })
   end
   local t = now()
-  self:_add(sched, S_ACCEPTED, part.uid, tostring(part.id), t)
-  self:_add(sched, S_SNAPSHOT, job.uid, job.state, job.id and tostring(job.id), sjson, t, job.updated_at)
+  self:_add(sched, S_ACCEPTED, part.uid, tostring(part.id), state, t)
+  self:_add(sched, S_JOB_ID, job.uid, job.state, job.id and tostring(job.id), job.updated_at)
   local ok
   ok, err = self:_durable(sched)
   if not ok then return nil, err end
@@ -364,7 +402,7 @@ end
 function store_mt:changed(job)
   if self.closed then return end
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   self:_add(sched, S_STATE, job.uid, job.state, job.updated_at)
 end
 
@@ -372,7 +410,7 @@ end
 function store_mt:finished(job)
   if self.closed then return end
   local sched = job.client and job.client.sched
-  self.sched = self.sched or sched
+  self.sched = sched or self.sched
   local sjson, err = snapshot_json(job)
   if not sjson then
     self.error = store.error("cannot record the results of " .. tostring(job.uid) .. ": " .. tostring(err),
@@ -400,49 +438,63 @@ local function rows(db, sql, ...)
   return out
 end
 
+-- A stored job as one snapshot: the one saved with its first intent, with
+-- what was committed since (state, provider ids, the parts' own state);
+-- `deadline` (seconds left) less the time since it was saved. A terminal
+-- job's snapshot was saved whole when it ended.
+local JOB_COLUMNS = "uid, snapshot, saved_at, state, provider_id, terminal"
+
+local function assemble(db, r)
+  local snap = decode(r[2])
+  if type(snap) ~= "table" or r[6] == 1 then return snap end
+  snap.parts = snap.parts or {}
+  snap.state = r[4] or snap.state
+  if snap.id == nil then snap.id = r[5] end
+  for _, p in ipairs(rows(db, "SELECT k, intent, provider_id, state FROM parts WHERE job = ?1", r[1]) or {}) do
+    local k, intent = p[1], decode(p[2])
+    local sp = snap.parts[k] or {}
+    snap.parts[k] = sp
+    sp.intent = true
+    local state = p[4] and decode(p[4])
+    if type(state) == "table" then
+      for key, v in pairs(state) do sp[key] = v end
+    end
+    if p[3] and sp.id == nil then sp.id = p[3] end
+    if type(intent) == "table" then
+      if sp.inputs == nil then sp.inputs = intent.inputs end
+      if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
+      if sp.count == nil then sp.count = intent.count end
+      if sp.uid == nil then sp.uid = intent.uid end
+    end
+  end
+  if type(snap.deadline) == "number" then
+    snap.deadline = math.max(snap.deadline - math.max(os_time() - r[3], 0), 0)
+  end
+  return snap
+end
+
 --- Every job not terminal, as snapshots ready for enrich.job_from_snapshot:
---- parts carry their committed provider id, `intent = true` where an
---- intent was committed, and the prepared inputs kept in the intent;
---- `deadline` (seconds left) counts the time since the snapshot was saved.
+--- parts carry their committed provider id and state, `intent = true`
+--- where an intent was committed, and the prepared inputs the intent kept.
 function store_mt:jobs_unfinished()
   check_open(self)
   local ok, err = self:flush()
   if not ok then return nil, err end
-  local jobs, msg = rows(self.db, "SELECT uid, snapshot, saved_at FROM jobs WHERE terminal = 0 ORDER BY rowid")
+  local jobs, msg = rows(self.db, "SELECT " .. JOB_COLUMNS .. " FROM jobs WHERE terminal = 0 ORDER BY rowid")
   if not jobs then return nil, store.error("cannot read: " .. tostring(msg)) end
   local out = {}
   for _, r in ipairs(jobs) do
-    local snap = decode(r[2])
-    if type(snap) == "table" then
-      snap.parts = snap.parts or {}
-      local parts = rows(self.db, "SELECT k, intent, provider_id FROM parts WHERE job = ?1", r[1]) or {}
-      for _, p in ipairs(parts) do
-        local k, intent = p[1], decode(p[2])
-        local sp = snap.parts[k] or {}
-        snap.parts[k] = sp
-        sp.intent = true
-        if p[3] and sp.id == nil then sp.id = p[3] end
-        if type(intent) == "table" then
-          if sp.inputs == nil then sp.inputs = intent.inputs end
-          if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
-          if sp.count == nil then sp.count = intent.count end
-          if sp.uid == nil then sp.uid = intent.uid end
-        end
-      end
-      if type(snap.deadline) == "number" then
-        snap.deadline = math.max(snap.deadline - math.max(os_time() - r[3], 0), 0)
-      end
-      out[#out + 1] = snap
-    end
+    local snap = assemble(self.db, r)
+    if type(snap) == "table" then out[#out + 1] = snap end
   end
   return out
 end
 
---- One job's stored snapshot by uid (terminal or not), or nil.
+--- One job's snapshot by uid (terminal or not, as jobs_unfinished), or nil.
 function store_mt:job(uid)
   check_open(self)
-  local r = rows(self.db, "SELECT snapshot FROM jobs WHERE uid = ?1", uid)
-  return r and r[1] and decode(r[1][1]) or nil
+  local r = rows(self.db, "SELECT " .. JOB_COLUMNS .. " FROM jobs WHERE uid = ?1", uid)
+  return r and r[1] and assemble(self.db, r[1]) or nil
 end
 
 --- Counts of jobs by state (for tests and progress): { state = n }.
@@ -491,10 +543,8 @@ function store_mt:close()
   local ok, err = true, nil
   if self.queued > 0 or self.handed > self.done then ok, err = self:flush() end
   self.closed = true
-  if self.sched then
-    self.sched:cancel_timer(self.commit_timer)
-    self.sched:cancel_timer(self.check_timer)
-  end
+  if self.commit_armed then self.commit_armed:cancel_timer(self.commit_timer) end
+  if self.check_armed then self.check_armed:cancel_timer(self.check_timer) end
   self.w:close()
   self.db:close()
   return ok, err

@@ -1,0 +1,102 @@
+-- The credit budget. Before a submit the most it can cost (the provider's
+-- documented price per item x its items) is reserved; when the job ends the
+-- reservation is settled to the real charge. A submit starts only if
+-- charged + reserved + its own most stays within the limit.
+local ipairs, floor, huge = ipairs, math.floor, math.huge
+
+local _M = { _VERSION = "0.1.0" }
+
+-- Worst case per item, from each provider's sheet (shared/providers/*.md).
+-- ASSUMPTION (lance): prices are not published; tamtam's are used, as the
+-- simulator does. puffle: EMAIL_LOOKUP 2, PHONE_LOOKUP 8, charged per lead
+-- at dispatch. instaview: 1 per enriched profile. parsetx: 1 per
+-- transaction that misses its cache.
+_M.PRICES = {
+  tamtam = { email = 1, phone = 10 },
+  lance = { email = 1, phone = 10 },
+  puffle = { email = 2, phone = 8 },
+  instaview = { email = 1, phone = 1 },
+  parsetx = { email = 1, phone = 1 },
+}
+
+-- Which item outcomes a provider charges for: the estimate of an item's
+-- cost when the provider reports no credits for the job (lance), and how a
+-- job's reported credits are shared out over its items.
+_M.BILLED = {
+  tamtam = { found = true, not_found = true },       -- completed items
+  lance = { found = true },                           -- finished with data
+  puffle = { found = true, not_found = true, failed = true, pending = true },  -- at dispatch, no refund
+  instaview = { found = true },
+  parsetx = { found = true, not_found = true },
+}
+
+function _M.price(name, kind)
+  local p = _M.PRICES[name]
+  return p and (p[kind] or p.email) or 1
+end
+
+local B = {}
+B.__index = B
+
+--- A budget of `limit` credits (nil: no limit, only counting).
+function _M.new(limit)
+  return setmetatable({ limit = limit, charged = 0, reserved = 0, by_provider = {} }, B)
+end
+
+--- How many of `n` items at `price` fit now.
+function B:fit(n, price)
+  if not self.limit or price <= 0 then return n end
+  local room = self.limit - self.charged - self.reserved
+  if room <= 0 then return 0 end
+  local k = floor(room / price + 1e-9)
+  return k < n and k or n
+end
+
+function B:reserve(amount) self.reserved = self.reserved + amount end
+
+--- Settles a reservation to what was really charged.
+function B:settle(reserved, actual, name)
+  self.reserved = self.reserved - reserved
+  if self.reserved < 1e-9 then self.reserved = 0 end
+  self:charge(actual, name)
+end
+
+--- Counts credits spent outside a reservation (answers of this run found
+--- in the store after a restart).
+function B:charge(actual, name)
+  self.charged = self.charged + actual
+  if name then self.by_provider[name] = (self.by_provider[name] or 0) + actual end
+end
+
+function B:room()
+  if not self.limit then return huge end
+  return self.limit - self.charged - self.reserved
+end
+
+--- Credits per result item of a finished job: the job's reported credits
+--- shared over its billed items, or the price of each billed item when the
+--- provider reports none. -> per-item array, total
+function _M.item_credits(name, kind, job)
+  local billed, price = _M.BILLED[name] or {}, _M.price(name, kind)
+  local est, sum = {}, 0
+  local results = job.results or {}
+  for i, r in ipairs(results) do
+    est[i] = billed[r.status] and price or 0
+    sum = sum + est[i]
+  end
+  local reported = job.cost and job.cost.credits
+  -- Sent, answer never read: it may all have been charged.
+  local unknown = require("enrich.cli.answers").unknown
+  for i, r in ipairs(results) do
+    if unknown(job, r) and est[i] < price then sum = sum + price - est[i]; est[i] = price end
+  end
+  if not reported then return est, sum end
+  if sum > 0 then
+    for i = 1, #results do est[i] = est[i] * reported / sum end
+  elseif #results > 0 then
+    for i = 1, #results do est[i] = reported / #results end
+  end
+  return est, reported
+end
+
+return _M
