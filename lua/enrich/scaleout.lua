@@ -239,6 +239,7 @@ end
 -- (or a terminal one with its results).
 function run_mt:_revive(client, uid)
   local s = self.store
+  local clients = client.spec == nil and client or nil   -- a table of clients by provider
   for _ = 1, 100000 do
     local out, err = self.take_job_script({ s.P .. ":job:" .. uid, s.P .. ":due", s.P .. ":fence", s.owned_key },
                                           { self.worker, tostring(self.lease_ms), uid, s.P .. ":owned:" })
@@ -250,6 +251,10 @@ function run_mt:_revive(client, uid)
       local taken = out[1] == "taken"
       local snap = redis_store.snapshot_from(redis_store.hash_of(taken and out[3] or out[2]))
       if not snap then return nil end
+      if clients then
+        client = clients[snap.provider]
+        if not client then return nil, estore.error("no client for " .. tostring(snap.provider), { reason = "invalid" }) end
+      end
       local from_snapshot = require("enrich").job_from_snapshot
       self.resumed_jobs = self.resumed_jobs + 1
       if not taken then return from_snapshot(client, snap) end
@@ -298,6 +303,30 @@ function run_mt:submit(chunk, client, inputs, opts, step)
   self.store.links[job] = { key = self.k.chunk .. chunk.index, fence = chunk.fence, step = step }
   chunk.jobs[step] = job.uid
   return job
+end
+
+--- Links a job just submitted (not yet sent) to a chunk: its intent's
+--- script records it in the chunk, so whoever takes the chunk over brings
+--- it back (revive_all) instead of sending its people again. For callers
+--- that submit themselves (the command's waterfall).
+function run_mt:link(chunk, job)
+  self.store.links[job] = { key = self.k.chunk .. chunk.index, fence = chunk.fence, step = job.uid }
+  chunk.jobs[job.uid] = job.uid
+end
+
+--- Every job a chunk's earlier holder made, brought back (polling, or
+--- terminal with its results); clients: { provider = client }. A caller
+--- waits for them and keeps their answers before working on the chunk.
+--- -> jobs | nil, err
+function run_mt:revive_all(chunk, clients)
+  local jobs = {}
+  if not chunk.taken_over then return jobs end
+  for _, uid in pairs(chunk.jobs) do
+    local job, err = self:_revive(clients, uid)
+    if err then return nil, err end
+    if job then jobs[#jobs + 1] = job end
+  end
+  return jobs
 end
 
 --- Writes a chunk's answers ({ [row] = any JSON-able value }, rows of the
