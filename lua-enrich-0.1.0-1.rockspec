@@ -55,6 +55,7 @@ build = {
     ["enrich.cli.progress"] = "lua/enrich/cli/progress.lua",
     ["enrich.cli.records"] = "lua/enrich/cli/records.lua",
     ["enrich.cli.run"] = "lua/enrich/cli/run.lua",
+    ["enrich.cli.scaleout"] = "lua/enrich/cli/scaleout.lua",
     ["enrich.cli.state"] = "lua/enrich/cli/state.lua",
     ["enrich.cli.waterfall"] = "lua/enrich/cli/waterfall.lua",
     ["enrich.client"] = "lua/enrich/client.lua",

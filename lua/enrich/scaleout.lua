@@ -253,7 +253,9 @@ function run_mt:_revive(client, uid)
       if not snap then return nil end
       if clients then
         client = clients[snap.provider]
-        if not client then return nil, estore.error("no client for " .. tostring(snap.provider), { reason = "invalid" }) end
+        if not client then
+          return nil, estore.error("no client for " .. tostring(snap.provider), { reason = "invalid" })
+        end
       end
       local from_snapshot = require("enrich").job_from_snapshot
       self.resumed_jobs = self.resumed_jobs + 1

@@ -24,7 +24,8 @@ local INPUTS = {
   },
 }
 
-local store = assert(estore.open("sqlite:" .. db))
+-- DB: a file for SQLite, or a redis:// URL (spec/store/redis_crash_spec.lua).
+local store = assert(estore.open(db:match("^redis://") and db or ("sqlite:" .. db)))
 local client = assert(enrich.client(provider, {
   api_key = "crash-spec-key", base_url = sim .. "/" .. provider, store = store,
   poll = { interval = 0.02, factor = 1, max_interval = 0.05, jitter = 0, deadline = 20 },

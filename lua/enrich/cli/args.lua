@@ -118,7 +118,9 @@ function _M.parse(argv)
   if o.lease then
     lease = tonumber(o.lease)
     if not o.run then return nil, "--lease: only with --run" end
-    if not lease or lease <= 0 or lease > 86400 then return nil, "--lease: expected seconds > 0, got '" .. o.lease .. "'" end
+    if not lease or lease <= 0 or lease > 86400 then
+      return nil, "--lease: expected seconds > 0, got '" .. o.lease .. "'"
+    end
   end
   local chunk
   if o.chunk then

@@ -28,7 +28,7 @@ local _M = { _VERSION = "0.1.0" }
 _M.CHUNK = 100          -- rows per chunk
 _M.PARALLEL = 4         -- chunks one worker runs at once
 
-function _M.run(o, data, recs, out, err, h)
+function _M.run(o, data, recs, _, err, h)
   local run, oerr = scaleout.open(o.store, o.run, { lease = o.lease })
   if not run then h.usage(o.store .. ": " .. tostring(oerr)) end
   local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
