@@ -29,7 +29,7 @@ local POINTS = { "intent_committed:1", "intent_committed:2", "request_sent:1", "
 
 local function child(sim, db, provider, phase, crash_at)
   local cmd = (crash_at and ("ENRICH_CRASH_AT=" .. crash_at .. " ") or "ENRICH_CRASH_AT= ")
-    .. LUA .. " spec/store/crash_child.lua " .. sim.url .. " " .. db .. " " .. provider .. " " .. phase .. " 2>&1"
+    .. LUA .. " spec/store/crash_child.lua " .. sim.url .. " '" .. db .. "' " .. provider .. " " .. phase .. " 2>&1"
   local p = assert(io.popen(cmd))
   local out = p:read("*a")
   p:close()
