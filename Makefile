@@ -20,7 +20,6 @@ HEADERS     := $(wildcard csrc/*.h)
 PREFIX      ?= /usr/local
 
 ROCKSPEC    := $(wildcard lua-enrich-*.rockspec)
-MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null)
 
 .PHONY: all build deps test demo bench lint install clean valgrind rock host
 
@@ -65,11 +64,19 @@ bench: deps
 host: build/5.4/enrich/core.so
 	@$(MAKE) --no-print-directory -C examples/host
 
-# `luarocks make` into a private tree (no network: deps come from Debian).
-# Debian keeps curl.h under a multiarch directory LuaRocks does not search.
+# What a user runs, `luarocks make` (no variables, no rockspec named), for
+# Lua 5.4, with two flags so the check runs offline and leaves the system
+# alone: --tree=build/rocks (a private tree: no root, nothing left in
+# /usr/local or ~/.luarocks) and --deps-mode=none (lua-cjson comes from
+# Debian's package here, which LuaRocks does not see as a rock: it would
+# try to download it). Then the installed modules must load.
+ROCK_LUA := build/rocks/share/lua/5.4/?.lua;build/rocks/share/lua/5.4/?/init.lua;;
 rock:
-	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks \
-	  $(if $(MULTIARCH),CURL_INCDIR=/usr/include/$(MULTIARCH)) $(ROCKSPEC)
+	rm -rf build/rocks
+	luarocks --lua-version=5.4 make --tree=build/rocks --deps-mode=none
+	rm -f csrc/*.o enrich/core.so; rmdir enrich 2>/dev/null || true   # left by the build
+	LUA_PATH='$(ROCK_LUA)' LUA_CPATH='build/rocks/lib/lua/5.4/?.so;;' \
+	  lua5.4 -e 'assert(package.searchpath("enrich.core", package.cpath):find("^build/rocks/")); require "enrich.core"; require "enrich"'
 
 # Plain copy for users without LuaRocks (with it: `luarocks make`).
 install: build/5.4/enrich/core.so

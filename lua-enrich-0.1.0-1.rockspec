@@ -31,11 +31,23 @@ test_dependencies = {
   "busted >= 2.0",
   "luasocket >= 3.0",
 }
+-- C libraries that enrich.core links, each declared by its library alone.
+-- LuaRocks looks for a declared header only in <prefix>/include, and Debian
+-- and Ubuntu keep curl/curl.h in /usr/include/<multiarch>/ (so `header =`
+-- failed there with "Could not find header file for CURL"); the compiler
+-- searches that directory by itself. LuaRocks does find the library: in
+-- lib/<multiarch> on Debian, in /usr and /usr/local elsewhere, and since
+-- LuaRocks 3.9 in the macOS SDK and Homebrew's kegs (/opt/homebrew/opt/curl,
+-- /usr/local/opt/curl). Where it cannot: `luarocks make CURL_DIR=/prefix`.
+-- To add a library (libsqlite3, libcsv, hiredis): an entry here
+-- (SQLITE = { library = "sqlite3" }), its name in enrich.core's
+-- `libraries`, "$(SQLITE_INCDIR)" in `incdirs`, "$(SQLITE_LIBDIR)" in
+-- `libdirs`, and its sources in `sources`.
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
-  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
+  CURL = { library = "curl" },
+  SQLITE = { library = "sqlite3" },
   CSV = { library = "csv" },                                  -- libcsv (Debian libcsv-dev)
-  HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
+  HIREDIS = { library = "hiredis" },                          -- hiredis (Debian libhiredis-dev)
 }
 build = {
   type = "builtin",
@@ -44,8 +56,8 @@ build = {
       sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
       libraries = { "curl", "sqlite3", "csv", "pthread", "hiredis" },
-      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)", "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)", "$(HIREDIS_LIBDIR)" },
     },
     ["enrich.cli.answers"] = "lua/enrich/cli/answers.lua",
     ["enrich.cli.args"] = "lua/enrich/cli/args.lua",

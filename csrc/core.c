@@ -4,16 +4,25 @@
  * decoder, from poll, outside libcurl. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "enrich_core.h"
 
 /* ---- the engine handle -------------------------------------------------- */
 
+/* Every method but close goes through here. An engine is used only in the
+ * process that made it: after fork() the child shares its connections,
+ * its epoll set and (with an I/O thread) a thread that is not there, so
+ * any libcurl call from the child would disturb the parent or hang. And
+ * never from inside its own JSON decoder: poll is in the middle of
+ * handing over a transfer that close, cancel or a nested poll would free. */
 static ec_engine *check_engine(lua_State *L, int i) {
   ec_engine *e = luaL_checkudata(L, i, EC_ENGINE_MT);
   if (e->multi == NULL) luaL_error(L, "enrich.core: engine is closed");
-  if (ec_io_orphaned(e))
-    luaL_error(L, "enrich.core: this engine's I/O thread stayed in the process that made it "
-                  "(made before a fork): make engines after forking");
+  pid_t me = getpid();
+  if (e->pid != me)
+    luaL_error(L, "enrich.core: engine was made in process %d, used in %d; make a new one after fork",
+               (int)e->pid, (int)me);
+  if (e->busy) luaL_error(L, "enrich.core: engine used from inside its own poll (json_decode)");
   return e;
 }
 
@@ -25,11 +34,17 @@ static void push_engine_table(lua_State *L, ec_engine *e) {
 static int eng_close(lua_State *L) {
   ec_engine *e = luaL_checkudata(L, 1, EC_ENGINE_MT);
   if (e->multi == NULL) return 0;          /* closed already: idempotent */
-  if (ec_io_orphaned(e)) {
-    /* A forked child: no thread to join, and the multi handle's connections
-     * are the parent's too. Let it all go with the process. */
+  if (e->busy) return luaL_error(L, "enrich.core: engine used from inside its own poll (json_decode)");
+  if (e->pid != getpid()) {
+    /* A fork's child: the multi handle, its connections and the epoll set
+     * are the parent's too, and a libcurl call here would act on them (a
+     * removed handle takes its socket out of the parent's epoll set, a
+     * closed TLS connection sends close_notify on the parent's stream).
+     * The child's copies of our own descriptors are closed; the rest of
+     * the copied memory is forgotten, never freed through libcurl. */
+    ec_io_forget(e);
+    ec_loop_close(e);
     e->multi = NULL;
-    e->io = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
     e->ref = LUA_NOREF;
     return 0;
@@ -218,6 +233,8 @@ static long int_option(lua_State *L, int idx, const char *name, long dflt, long 
   return v;
 }
 
+/* Leaves the value on the stack, where it stays alive until it is copied
+ * (an options table with an __index need not hold what it returns). */
 static const char *string_option(lua_State *L, int idx, const char *name) {
   lua_getfield(L, idx, name);
   const char *s = NULL;
@@ -225,7 +242,6 @@ static const char *string_option(lua_State *L, int idx, const char *name) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "core.new: '%s' must be a string", name);
     s = lua_tostring(L, -1);
   }
-  lua_pop(L, 1);   /* still referenced by the options table */
   return s;
 }
 
@@ -259,6 +275,11 @@ static void push_decoder(lua_State *L, int opts, int depth) {
   lua_getfield(L, -1, "decode_max_depth");
   lua_pushinteger(L, depth);
   lua_call(L, 1, 0);
+  /* NaN, Infinity, hex and leading zeros are not JSON (RFC 8259 6), and
+   * cjson takes them by default: a count read as NaN poisons arithmetic. */
+  lua_getfield(L, -1, "decode_invalid_numbers");
+  if (lua_isfunction(L, -1)) { lua_pushboolean(L, 0); lua_call(L, 1, 0); }
+  else lua_pop(L, 1);
   /* OpenResty's cjson can tag decoded arrays, so [] stays distinguishable. */
   lua_getfield(L, -1, "decode_array_with_array_mt");
   if (lua_isfunction(L, -1)) { lua_pushboolean(L, 1); lua_call(L, 1, 0); }
@@ -308,6 +329,7 @@ static int core_new(lua_State *L) {
   memset(e, 0, sizeof *e);
   e->ref = LUA_NOREF;
   e->epfd = -1;
+  e->pid = getpid();
   luaL_getmetatable(L, EC_ENGINE_MT);
   lua_setmetatable(L, -2);
 
@@ -384,9 +406,17 @@ static int core_now(lua_State *L) {
   return 1;
 }
 
+/* The calling process's id: the Lua side compares it with the one it made
+ * its loop in, to make a new loop after a fork (nginx's workers). */
+static int core_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
 static const luaL_Reg CORE_FUNCS[] = {
   { "new", core_new },
   { "now", core_now },
+  { "getpid", core_getpid },
   { "versions", core_versions },
   { "sha256", ec_sha256 },
   { NULL, NULL }

@@ -4,6 +4,7 @@
 #define ENRICH_CORE_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <curl/curl.h>
 #include "lua.h"
 #include "lauxlib.h"
@@ -103,6 +104,9 @@ struct ec_engine {
   int pool_n;
   int epfd;                 /* epoll set of libcurl's sockets, or -1 */
   double timer_at;          /* when libcurl wants its timeout action, or -1 */
+  pid_t pid;                /* the process that made it: elsewhere (a fork's
+                               child) it refuses work and never calls libcurl */
+  int busy;                 /* inside its own JSON decoder: methods refuse */
   ec_settings set;
   ec_watch *watches;        /* extra descriptors (redis.c), or NULL */
   size_t wdone;             /* their records waiting for poll */
@@ -163,7 +167,7 @@ int  ec_io_cancel(ec_engine *e, ec_xfer *x); /* 1: will be delivered as cancelle
 void ec_io_collect(ec_engine *e, double timeout); /* finished transfers → e->done */
 double ec_io_timeout(ec_engine *e);         /* 0 when finished ones wait, else -1 */
 int  ec_io_fd(const ec_engine *e);          /* readable while finished ones wait */
-int  ec_io_orphaned(const ec_engine *e);    /* 1: in a child forked after the thread started */
+void ec_io_forget(ec_engine *e);            /* in a fork's child: our descriptors only */
 
 /* result.c: turning a finished transfer into a Lua completion record */
 void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx);

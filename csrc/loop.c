@@ -91,7 +91,8 @@ void ec_loop_close(ec_engine *e) {
 int ec_loop_fd(const ec_engine *e) { return e->epfd; }
 
 /* Every call makes at least one non-blocking pass over ready sockets, so
- * poll(0) from a host's frame loop always makes progress. Once `work`
+ * poll(0) from a host's frame loop always makes progress; it waits only
+ * while no completion is ready. Once `work`
  * seconds (< 0: no bound) have passed since the wait ended, the sockets
  * still ready wait for the next call (epoll reports them again): one
  * servicing, at least, per call. */
@@ -107,7 +108,9 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
       ec_loop_drain(e, &e->done);
       if (e->done.n > 0 || e->wdone > 0) return;
     }
-    double wait = deadline - now;
+    /* Completions already waiting (a bounded poll or a cancel left them):
+     * one non-blocking pass, then hand them over. */
+    double wait = e->done.n > 0 ? 0 : deadline - now;
     if (e->timer_at >= 0 && e->timer_at - now < wait) wait = e->timer_at - now;
     int n = epoll_wait(e->epfd, evs, max_events, ec_to_ms(wait));
     double work_until = work >= 0 ? ec_now() + work : HUGE_VAL;

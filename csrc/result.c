@@ -101,6 +101,19 @@ static void push_headers(lua_State *L, const ec_buf *h) {
   }
 }
 
+/* The JSON text of a body: without a leading UTF-8 byte-order mark, which
+ * RFC 8259 8.1 lets a reader ignore (a provider that sends one has still
+ * answered). Only that one, only there: anything else stays for the
+ * decoder to refuse. */
+static const char *json_text(const ec_buf *b, size_t *len) {
+  if (b->len >= 3 && memcmp(b->data, "\xEF\xBB\xBF", 3) == 0) {
+    *len = b->len - 3;
+    return b->data + 3;
+  }
+  *len = b->len;
+  return b->data;
+}
+
 static int looks_like_json(lua_State *L, const ec_xfer *x) {
   if (x->decode == EC_DECODE_NEVER || x->is_head || x->body.len == 0) return 0;
   if (x->decode == EC_DECODE_ALWAYS) return 1;
@@ -114,9 +127,10 @@ static int looks_like_json(lua_State *L, const ec_xfer *x) {
     low[i] = '\0';
     yes = strstr(low, "json") != NULL;
   } else {  /* no content type: trust the first byte */
-    size_t i = 0;
-    while (i < x->body.len && isspace((unsigned char)x->body.data[i])) i++;
-    yes = i < x->body.len && (x->body.data[i] == '{' || x->body.data[i] == '[');
+    size_t n, i = 0;
+    const char *p = json_text(&x->body, &n);
+    while (i < n && isspace((unsigned char)p[i])) i++;
+    yes = i < n && (p[i] == '{' || p[i] == '[');
   }
   lua_pop(L, 1);
   return yes;
@@ -145,9 +159,17 @@ void ec_push_completion(lua_State *L, ec_engine *e, ec_xfer *x, int decode_idx) 
     lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
     lua_setfield(L, -2, "body");
     if (decode) {
+      size_t n;
+      const char *text = json_text(&x->body, &n);
       lua_pushvalue(L, decode_idx);
-      lua_pushlstring(L, x->body.data, x->body.len);
-      if (lua_pcall(L, 1, 1, 0) == 0) {
+      lua_pushlstring(L, text, n);
+      /* The decoder may be the caller's: while it runs, the engine's
+       * methods refuse (x is being handed over). pcall never raises, so
+       * busy is always cleared. */
+      e->busy = 1;
+      int rc = lua_pcall(L, 1, 1, 0);
+      e->busy = 0;
+      if (rc == 0) {
         lua_setfield(L, -2, "json");
       } else {
         if (!lua_isstring(L, -1)) { lua_pop(L, 1); lua_pushliteral(L, "invalid JSON"); }

@@ -43,7 +43,6 @@ struct ec_io {
   int stop;
   int signalled;            /* the pipe holds a byte (outbox not empty) */
   int unsent;               /* Lua thread only: submits or cancels not yet signalled */
-  pid_t pid;                /* the process the thread runs in */
   int pipe[2];
 };
 
@@ -167,7 +166,6 @@ const char *ec_io_start(ec_engine *e) {
     close(io->pipe[0]); close(io->pipe[1]); free(io);
     return "could not create a mutex";
   }
-  io->pid = getpid();
   e->io = io;
   /* Every signal stays with the host's threads (nginx expects its own to
    * interrupt its event loop): the new thread starts with all blocked. */
@@ -298,5 +296,13 @@ double ec_io_timeout(ec_engine *e) {
 
 int ec_io_fd(const ec_engine *e) { return e->io->pipe[0]; }
 
-/* After fork() the child has the engine's memory but not its thread. */
-int ec_io_orphaned(const ec_engine *e) { return e->io != NULL && e->io->pid != getpid(); }
+/* In a fork's child, which has the engine's memory but not its thread:
+ * the lock may have been held at the fork and the lists are the thread's,
+ * so only the child's copies of the pipe's descriptors are closed (the
+ * pipe itself stays the parent's). The rest is left as copied. */
+void ec_io_forget(ec_engine *e) {
+  if (e->io == NULL) return;
+  close(e->io->pipe[0]);
+  close(e->io->pipe[1]);
+  e->io = NULL;
+}

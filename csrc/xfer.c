@@ -139,6 +139,9 @@ static void check_headers(lua_State *L, int idx) {
   }
 }
 
+/* Reads every field once. The url, the body and the headers table stay on
+ * the stack until the transfer is built: r points into them, and a
+ * request table with an __index (a proxy) need not hold what it returns. */
 static void check_request(lua_State *L, ec_engine *e, int idx, ec_request *r) {
   luaL_checktype(L, idx, LUA_TTABLE);
   ec_check_fields(L, idx, REQUEST_FIELDS, "submit");
@@ -148,7 +151,7 @@ static void check_request(lua_State *L, ec_engine *e, int idx, ec_request *r) {
   r->url = lua_tostring(L, -1);
   if (strncmp(r->url, "http://", 7) != 0 && strncmp(r->url, "https://", 8) != 0)
     luaL_error(L, "submit: 'url' must start with http:// or https://");
-  lua_pop(L, 1);  /* the string stays alive: the request table holds it */
+  /* kept on the stack */
 
   r->method = "GET";
   lua_getfield(L, idx, "method");
@@ -170,16 +173,16 @@ static void check_request(lua_State *L, ec_engine *e, int idx, ec_request *r) {
     if (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)
       luaL_error(L, "submit: a %s request has no body", r->method);
   }
-  lua_pop(L, 1);
+  /* kept on the stack (nil or the body) */
 
   r->headers_idx = 0;
   lua_getfield(L, idx, "headers");
   if (!lua_isnil(L, -1)) {
     if (!lua_istable(L, -1)) luaL_error(L, "submit: 'headers' must be a table");
     check_headers(L, lua_gettop(L));
-    r->headers_idx = idx;        /* re-read from the request table later */
+    r->headers_idx = lua_gettop(L);
   }
-  lua_pop(L, 1);
+  /* kept on the stack (nil or the headers) */
 
   r->timeout_ms = ec_seconds_field(L, idx, "timeout", e->set.timeout_ms);
   r->connect_timeout_ms = ec_seconds_field(L, idx, "connect_timeout", e->set.connect_timeout_ms);
@@ -244,18 +247,20 @@ static void give_easy(ec_engine *e, CURL *c) {
   else curl_easy_cleanup(c);
 }
 
-static struct curl_slist *build_headers(lua_State *L, int req_idx) {
+/* The headers table was checked by check_headers; a name or value that is
+ * not a string now (only a finalizer could have changed it meanwhile)
+ * fails the build instead of reaching memcpy. */
+static struct curl_slist *build_headers(lua_State *L, int hidx) {
   /* "Expect:" stops libcurl's 100-continue dance on larger POST bodies. */
   struct curl_slist *list = curl_slist_append(NULL, "Expect:");
-  if (list == NULL || req_idx == 0) return list;
-  lua_getfield(L, req_idx, "headers");
-  int hidx = lua_gettop(L);
+  if (list == NULL || hidx == 0) return list;
   lua_pushnil(L);
   while (lua_next(L, hidx)) {
     size_t nlen, vlen;
-    const char *name = lua_tolstring(L, -2, &nlen);
-    const char *value = lua_tolstring(L, -1, &vlen);
-    char *line = malloc(nlen + vlen + 3);
+    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
+    const char *value = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
+                        ? lua_tolstring(L, -1, &vlen) : NULL;
+    char *line = name && value ? malloc(nlen + vlen + 3) : NULL;
     struct curl_slist *grown = NULL;
     if (line) {
       memcpy(line, name, nlen);
@@ -269,11 +274,10 @@ static struct curl_slist *build_headers(lua_State *L, int req_idx) {
       grown = curl_slist_append(list, line);
       free(line);
     }
-    if (grown == NULL) { curl_slist_free_all(list); lua_pop(L, 3); return NULL; }
+    if (grown == NULL) { curl_slist_free_all(list); lua_pop(L, 2); return NULL; }
     list = grown;
     lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   return list;
 }
 

@@ -27,6 +27,35 @@ local function await_answer(engine, seconds)
   return engine:timeout() == 0
 end
 
+-- "\239\187\191" → "efbbbf": bodies for the server's /raw route.
+local function hex(s)
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+-- fork() for the specs that prove an engine stays inert in a child
+-- process: LuaJIT's FFI only (nothing in Lua 5.4's standard library forks).
+-- Runs child() in the child, which exits with its return value (0: fine);
+-- returns the child's exit code, or nil if it hung (and was killed).
+local function in_child(child)
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int fork(void); void _exit(int); int waitpid(int, int *, int); int getpid(void);")
+  local pid = ffi.C.fork()
+  if pid == 0 then
+    local ok, code = pcall(child)
+    ffi.C._exit(ok and code or 4)
+  end
+  assert(pid > 0, "fork failed")
+  local status, done = ffi.new("int[1]"), 0
+  for _ = 1, 500 do                   -- 5 s at most
+    done = ffi.C.waitpid(pid, status, 1)  -- WNOHANG
+    if done == pid then break end
+    require("socket").sleep(0.01)
+  end
+  if done ~= pid then os.execute("kill -9 " .. pid) return nil end
+  if status[0] % 128 ~= 0 then return "signal " .. (status[0] % 128) end
+  return math.floor(status[0] / 256) % 256
+end
+
 local function fetch(engine, req, seconds)
   local id = engine:submit(req)
   local got = collect(engine, 1, seconds)
@@ -80,6 +109,16 @@ describe(mode.name, function()
       local b = core.now()
       assert.is_number(a)
       assert.is_true(b >= a)
+    end)
+
+    it("reports the process id, for the Lua side to notice a fork", function()
+      assert.is_number(core.getpid())
+      assert.equal(core.getpid(), core.getpid())
+      if jit then
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "int getpid(void);")
+        assert.equal(ffi.C.getpid(), core.getpid())
+      end
     end)
 
     it("exports the JSON null sentinel", function()
@@ -189,6 +228,37 @@ describe(mode.name, function()
       end
     end)
 
+    it("takes request and option tables that are proxies (__index), whatever they return", function()
+      -- Each read returns a fresh long string (not interned) and runs the
+      -- collector first: what the core holds must be held by the core.
+      local function proxy(real)
+        return setmetatable({}, { __index = function(_, k)
+          collectgarbage()
+          local v = real[k]
+          if type(v) == "string" then return (v .. "#"):sub(1, -2) end
+          if type(v) == "table" then
+            local copy = {}
+            for hk, hv in pairs(v) do copy[hk] = (hv .. "#"):sub(1, -2) end
+            return copy
+          end
+          return v
+        end })
+      end
+      local long = string.rep("x", 64)
+      local opts = { user_agent = "agent-" .. long }
+      for k, v in pairs(mode.opts) do opts[k] = v end
+      local e = core.new(proxy(opts))
+      local c = fetch(e, proxy { method = "POST", url = base .. "/echo?q=" .. long,
+                                 body = "body-" .. long, headers = { ["X-Long"] = "h-" .. long } })
+      assert.equal(200, c.status)
+      assert.equal("POST", c.json.method)
+      assert.equal("q=" .. long, c.json.query)
+      assert.equal("body-" .. long, c.json.body)
+      assert.equal("h-" .. long, c.json.headers["x-long"])
+      assert.equal("agent-" .. long, c.json.headers["user-agent"])
+      e:close()
+    end)
+
     it("sends an empty POST with a zero length", function()
       local c = fetch(engine, { method = "POST", url = base .. "/echo" })
       assert.equal("POST", c.json.method)
@@ -254,6 +324,27 @@ describe(mode.name, function()
       engine:flush()
       engine:flush()
       assert.equal(200, collect(engine, 1)[id].status)
+    end)
+
+    it("returns at once while completions wait, whatever its timeout (left by cancel or a bounded poll)", function()
+      local a = engine:submit { url = base .. "/delay?s=8&a" }
+      local b = engine:submit { url = base .. "/delay?s=8&b" }
+      engine:poll(0.05)                     -- both under way
+      assert.is_true(engine:cancel(a))
+      assert.is_true(engine:cancel(b))
+      assert.equal(0, engine:timeout())     -- says: poll now
+      -- Nothing else in flight: a poll that waited would wait its whole
+      -- timeout (the bound below is half of it, not a speed figure).
+      local t0 = core.now()
+      local first = engine:poll(10, 1)      -- takes one, leaves one waiting
+      local second = engine:poll(10)        -- hands that one over
+      local waited = core.now() - t0
+      assert.equal(1, #first)
+      assert.equal(1, #second)
+      assert.same({ [a] = "cancelled", [b] = "cancelled" },
+                  { [first[1].id] = first[1].error.code, [second[1].id] = second[1].error.code })
+      assert.is_true(waited < 5, ("poll waited %.1f s while completions were ready"):format(waited))
+      assert.equal(0, engine:pending())
     end)
 
     it("raises on a negative timeout", function()
@@ -341,6 +432,40 @@ describe(mode.name, function()
       assert.matches("Expected", c.json_error)
       assert.equal('{"a": [1, 2,', c.body)
       assert.is_nil(c.error)
+    end)
+
+    it("ignores a UTF-8 byte-order mark before a JSON text (RFC 8259 8.1), keeping the body as sent", function()
+      local bom = "\239\187\191"
+      local typed = fetch(engine, { url = base .. "/raw?hex=" .. hex(bom .. '{"requestId":"r-1"}') })
+      assert.is_nil(typed.json_error)
+      assert.equal("r-1", typed.json.requestId)
+      assert.equal(bom .. '{"requestId":"r-1"}', typed.body)
+      local untyped = fetch(engine, { url = base .. "/raw?type=none&hex=" .. hex(bom .. ' [1,2]') })
+      assert.same({ 1, 2 }, untyped.json)
+      local seen
+      local custom = new { json_decode = function(s) seen = s return {} end }
+      fetch(custom, { url = base .. "/raw?hex=" .. hex(bom .. '{"a":1}') })
+      assert.equal('{"a":1}', seen)         -- a caller's decoder gets the text without it
+      custom:close()
+    end)
+
+    it("still refuses what RFC 8259 forbids, with or without a byte-order mark", function()
+      local bom = "\239\187\191"
+      local bad = {
+        bom,                                 -- a mark and no text
+        bom .. bom .. "{}",                  -- two marks
+        "{}" .. bom,                         -- a mark after the text
+        '{"a":' .. bom .. "1}",              -- one inside it
+        "\254\255{}", "\255\254{}",          -- UTF-16 marks
+        bom .. "[NaN]", "[Infinity]", "[-Infinity]", "[0x10]", "[+1]", "[01]",
+        bom .. "{'a':1}", "[1,]",
+      }
+      for _, body in ipairs(bad) do
+        local c = fetch(engine, { url = base .. "/raw?hex=" .. hex(body) })
+        assert.is_nil(c.json, ("%q"):format(body))
+        assert.is_string(c.json_error, ("%q"):format(body))
+        assert.equal(body, c.body)
+      end
     end)
 
     it("refuses JSON nested deeper than json_max_depth", function()
@@ -516,33 +641,6 @@ describe(mode.name, function()
         for _, c in ipairs(got) do assert.equal(200, c.status) end
       end)
 
-      it("refuses work in a child forked after the thread started, and closes there without hanging", function()
-        if not jit then return pending("fork() from a spec needs LuaJIT's FFI") end
-        local ffi = require "ffi"
-        pcall(ffi.cdef, "int fork(void); void _exit(int); int waitpid(int, int *, int);")
-        engine:submit { url = base .. "/json" }
-        local pid = ffi.C.fork()
-        if pid == 0 then                    -- the child: exit code 0 if all went as it should
-          local ok, err = pcall(engine.submit, engine, { url = base .. "/json" })
-          local refused = not ok and tostring(err):find("made before a fork", 1, true) ~= nil
-          engine:close()
-          ffi.C._exit(refused and 0 or 3)
-        end
-        assert.is_true(pid > 0)
-        local status, done = ffi.new("int[1]"), 0
-        for _ = 1, 500 do                   -- 5 s at most
-          done = ffi.C.waitpid(pid, status, 1)  -- WNOHANG
-          if done == pid then break end
-          require("socket").sleep(0.01)
-        end
-        if done ~= pid then os.execute("kill -9 " .. pid) end
-        assert.equal(pid, done, "the child hung")
-        assert.equal(0, math.floor(status[0] / 256) % 256)
-        local got = collect(engine, 1)      -- the parent's engine goes on as before
-        local _, c = next(got)
-        assert.equal(200, c and c.status)
-      end)
-
       it("cancels a transfer it has not picked up yet", function()
         local id = engine:submit { url = base .. "/delay?s=2" }
         assert.is_true(engine:cancel(id))
@@ -584,6 +682,64 @@ describe(mode.name, function()
       assert.has_error(function() e:submit { url = base } end, "enrich.core: engine is closed")
       assert.has_error(function() e:poll(0) end, "enrich.core: engine is closed")
       assert.matches("closed", tostring(e))
+    end)
+
+    it("refuses to be used from inside its own json_decode: never a transfer freed under poll", function()
+      local tries = {
+        close = function(e) e:close() end,
+        poll = function(e) e:poll(0) end,
+        cancel = function(e) e:cancel(1) end,
+        submit = function(e) e:submit { url = base .. "/json" } end,
+      }
+      for name, try in pairs(tries) do
+        local e
+        e = new { json_decode = function() try(e) return { decoded = true } end }
+        local ids = {}
+        for i = 1, 3 do ids[i] = e:submit { url = base .. "/json?" .. name .. i } end
+        local got, n = collect(e, 3)
+        assert.equal(3, n, name)
+        for _, id in ipairs(ids) do
+          assert.matches("inside its own poll", got[id].json_error, 1, true)
+        end
+        assert.equal(0, e:pending())
+        local after = new { json_decode = function() return { fine = true } end }
+        assert.is_true(fetch(after, { url = base .. "/json" }).json.fine)
+        after:close()
+        e:close()
+      end
+    end)
+
+    it("refuses work in a forked child with a clear error; closing it there spares the parent's transfers", function()
+      if not jit then return pending("fork() from a spec needs LuaJIT's FFI") end
+      local ffi = require "ffi"
+      local parent = core.getpid()
+      local dropped = new()
+      local slow = engine:submit { url = base .. "/delay?s=0.5" }
+      local other = dropped:submit { url = base .. "/delay?s=0.5" }
+      engine:poll(0.05); dropped:poll(0.05)  -- both under way: sockets in the parent's sets
+      local code = in_child(function()
+        if core.getpid() == parent or core.getpid() ~= ffi.C.getpid() then return 5 end
+        local want = "enrich.core: engine was made in process " .. parent .. ", used in "
+          .. core.getpid() .. "; make a new one after fork"
+        for _, call in ipairs { "submit", "poll", "cancel", "pending", "timeout", "fd", "flush" } do
+          local ok, err = pcall(engine[call], engine, call == "submit" and { url = base .. "/json" } or 0)
+          if ok or not tostring(err):find(want, 1, true) then return 3 end
+        end
+        engine:close()
+        engine:close()
+        dropped = nil
+        collectgarbage(); collectgarbage()      -- __gc in the child, as a worker dropping it would
+        local fresh = new()                      -- a new engine in the child works
+        local id = fresh:submit { url = base .. "/json" }
+        local c = collect(fresh, 1, 5)[id]
+        fresh:close()
+        return c and c.status == 200 and 0 or 6
+      end)
+      assert.equal(0, code)
+      local got = collect(engine, 1)            -- the parent's engines go on as before
+      assert.equal(200, got[slow] and got[slow].status)
+      assert.equal(200, collect(dropped, 1)[other].status)
+      dropped:close()
     end)
 
     it("frees an engine dropped with transfers in flight", function()

@@ -83,6 +83,14 @@ ROUTES["/untyped"] = function()
   return { status = 200, headers = {}, body = '  {"x":1}' }
 end
 
+-- The body given as hex bytes (?hex=...), typed as JSON unless ?type=none:
+-- byte-order marks, bodies JSON forbids.
+ROUTES["/raw"] = function(req)
+  local body = (req.args.hex or ""):gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+  local headers = req.args.type == "none" and {} or { ["Content-Type"] = "application/json" }
+  return { status = 200, headers = headers, body = body }
+end
+
 ROUTES["/problem"] = function()
   return { status = 422, headers = { ["Content-Type"] = "application/problem+json" },
            body = '{"title":"Unprocessable Entity","status":422}' }
