@@ -1,7 +1,7 @@
 /* enrich.core.sqlite: a thin binding of libsqlite3 for the durable store.
  *
  *   core.sqlite.open(path [, opts]) -> db          a connection (Lua thread)
- *     db:exec(sql), db:prepare(sql) -> stmt, db:busy_timeout(ms),
+ *     db:exec(sql), db:prepare(sql) -> stmt, db:busy_timeout(seconds),
  *     db:changes(), db:last_insert_rowid(), db:close()
  *     stmt:bind(i, v), stmt:bind_blob(i, s), stmt:step() -> true (row) | false (done),
  *     stmt:row() -> { v1, v2, ... }, stmt:reset(), stmt:finalize()
@@ -239,9 +239,13 @@ static int db_exec(lua_State *L) {
   return 1;
 }
 
+/* db:busy_timeout(seconds): how long a statement waits for another
+ * connection's lock before it fails with "busy" (as open's option). */
 static int db_busy_timeout(lua_State *L) {
   sq_db *d = check_db(L, 1);
-  sqlite3_busy_timeout(d->db, (int)luaL_checkinteger(L, 2));
+  lua_Number s = luaL_checknumber(L, 2);
+  luaL_argcheck(L, s >= 0 && s <= 86400, 2, "seconds from 0 to 86400");
+  sqlite3_busy_timeout(d->db, (int)(s * 1000 + 0.5));
   return 0;
 }
 

@@ -31,8 +31,9 @@ _M.DEFAULT_CREDITS_COOLDOWN = 60
 
 -- Per (provider, key), shared by every client with that key (providers
 -- count per key, not per client object): the rate bucket, the retry
--- budget, the credits breaker, and the lane the scheduler runs the key's
--- steps in. Keys are kept only in memory, as table keys here.
+-- budget, the credits breaker; the scheduler runs the key's steps in a
+-- lane of its own (keyed by this table). Keys are kept only in memory, as
+-- table keys here.
 local by_key = {}
 
 -- A client that sets `rate` (or the retry budget) itself sets it for the
@@ -41,7 +42,7 @@ local function shared_state(spec, key, rate, retry, opts)
   local id = spec.name .. "\0" .. key
   local s = by_key[id]
   if not s then
-    s = { active = 0, retry_tokens = retry.budget }
+    s = { retry_tokens = retry.budget }
     by_key[id] = s
   end
   if not s.bucket or opts.rate then s.bucket = rate and ratelimit.new(rate.per_second, rate.burst) end

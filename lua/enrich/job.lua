@@ -247,7 +247,7 @@ local function submit_part(job, ctx, part)
   end
   -- A 2xx came back, yet no id could be read from it: the provider may
   -- have accepted (and charged) the submit. Never invite a resend.
-  if ctx.answered and err.code ~= "unknown" then
+  if ctx.answered and err.code ~= "unknown" and not spec.idempotent_submit then
     err.retryable = false
     err.message = tostring(err.message) .. " (the provider may have accepted it; not resent)"
   end

@@ -14,7 +14,9 @@
 --     opts.resubmit_unknown = true: the caller accepts paying twice.
 --
 -- `skipped` lists the snapshots of jobs whose provider has no client in
--- `clients`: they stay in the store as they were.
+-- `clients`: they stay in the store as they were. A job already live in
+-- this process (submitted here, or resumed before) comes back as that very
+-- job, never as a second one polling or sending the same work.
 local type, ipairs, pairs, error, require = type, ipairs, pairs, error, require
 
 local _M = { _VERSION = "0.1.0" }
@@ -41,9 +43,12 @@ function _M.resume(store, clients, opts)
   local snaps, err = store:jobs_unfinished()
   if not snaps then return nil, err end
   local jobs, skipped = {}, {}
+  local live = store.live or {}
   for _, snap in ipairs(snaps) do
     local client = clients[snap.provider]
-    if not client then
+    if live[snap.uid] then
+      jobs[#jobs + 1] = live[snap.uid]
+    elseif not client then
       skipped[#skipped + 1] = snap
     else
       local to_send = false
@@ -60,6 +65,7 @@ function _M.resume(store, clients, opts)
       end
       local job = from_snapshot(client, snap)
       if to_send then job:start() end
+      live[snap.uid] = job
       jobs[#jobs + 1] = job
     end
   end

@@ -7,8 +7,9 @@
 --             token first (sched:waker()). A wake whose token is not the
 --             task's current one is dropped: a wake meant for an earlier
 --             park never lands on a later one;
---   lanes     one per provider key: at most per_host of its steps run at
---             once, the rest wait as records (no coroutine);
+--   lanes     one per provider key (any table standing for it): at most
+--             per_host of its steps run at once, the rest wait as records
+--             (no coroutine);
 --   transfer  the one path of every HTTP request: a host slot (FIFO), then
 --             submit under protection, park until the completion; the slot
 --             goes back on every path (the rate token is taken before, by
@@ -73,9 +74,9 @@ function _M.new(opts)
     sends_left = nil,                -- sends this budgeted turn may still make
     tasks = {},                      -- coroutine -> task record
     hosts = {},                      -- host -> { n = slots taken, waiting = fifo of task, token }
-    waiting = {},                    -- transfer id -> { task, token, host }
+    waiting = {},                    -- transfer id -> task (parked in it, holding task.slot)
     pool = {},                       -- idle step workers
-    lanes = setmetatable({}, { __mode = "k" }),      -- lanes that held steps
+    lanes = setmetatable({}, { __mode = "k" }),      -- key -> { active = n, held = fifo }
     live_jobs = 0, user_tasks = 0,
     tasks_live = 0, failure = nil,   -- the default group: tasks spawned outside run()
   }, S)
@@ -153,7 +154,7 @@ local function new_worker(self)
     while true do
       local ok, err = pcall(kind.run, arg)
       if not ok then pcall(kind.failed, err, arg) end
-      if lane and lane.held and lane.held.tail > 0 then
+      if lane and lane.held.tail > 0 then
         self.starting:push(lane.held:pop())          -- its place in the lane passes on
       elseif lane then
         lane.active = lane.active - 1
@@ -169,15 +170,16 @@ end
 
 --- Runs kind.run(arg) as an engine step at the next pass over the ready
 --- queue (in OpenResty a coroutine must be made by the loop's own light
---- thread, never by the caller). With a lane already running per_host
---- steps it waits in the lane.
-function S:start(kind, arg, lane)
+--- thread, never by the caller). With `key`, it runs in that key's lane:
+--- while per_host steps of the lane run, it waits there.
+function S:start(kind, arg, key)
+  local lane = key and self.lanes[key]
+  if key and not lane then
+    lane = { active = 0, held = fifo() }
+    self.lanes[key] = lane
+  end
   if lane then
-    if lane.active >= self.per_host then
-      lane.held = lane.held or fifo()
-      self.lanes[lane] = true
-      return lane.held:push(kind, arg, lane)
-    end
+    if lane.active >= self.per_host then return lane.held:push(kind, arg, lane) end
     lane.active = lane.active + 1
   end
   self.starting:push(kind, arg, lane)
@@ -274,7 +276,7 @@ function S:transfer(req, host, before_send)
     return { error = { code = "invalid", refused = true,
                        message = "request refused: " .. tostring(id):match("^[^\n]*") } }
   end
-  self.waiting[id] = { task, task.token, host }
+  self.waiting[id] = task
   return co_yield()
 end
 
@@ -282,14 +284,14 @@ end
 function S:deliver(done)
   for i = 1, #done do
     local c = done[i]
-    local w = self.waiting[c.id]
-    if type(w) == "function" then      -- a callback waiter (enrich.redis): no slot, no wake; never yields
+    local task = self.waiting[c.id]
+    if type(task) == "function" then     -- a callback waiter (enrich.redis): no slot, no wake; never yields
       self.waiting[c.id] = nil
-      w(c)
-    elseif w then
+      task(c)
+    elseif task then                     -- parked in transfer(): its token is still the current one
       self.waiting[c.id] = nil
-      give_slot(self, w[3], w[1])
-      self:wake(w[1], w[2], c)
+      if task.slot then give_slot(self, task.slot, task) end   -- (gone if the task was abandoned)
+      self:wake(task, task.token, c)
     end
   end
 end
@@ -427,7 +429,7 @@ function S:transfers()
   local n = 0
   for _ in pairs(self.waiting) do n = n + 1 end
   for _, h in pairs(self.hosts) do n = n + h.waiting:size() end
-  for lane in pairs(self.lanes) do n = n + lane.held:size() end
+  for _, lane in pairs(self.lanes) do n = n + lane.held:size() end
   return n
 end
 

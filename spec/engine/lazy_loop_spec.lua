@@ -47,7 +47,12 @@ describe("the loop's engine", function()
     assert(ok, err)
   end)
 
-  it("ends with enrich.close(); the next use makes a new loop", function()
+  it("ends with enrich.close(); the next use makes a new loop, free of the old one's steps", function()
+    support.configure(sim, { tamtam = { polls = 1000, rate_limit = false } })
+    local c = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
+    for i = 1, 40 do assert(c:submit({ { first_name = "C" .. i, last_name = "Closed" } })) end
+    enrich.tick()                          -- the key's lane is full, and steps wait in it
+    support.reset(sim)
     local before = enrich.scheduler()
     enrich.close()
     local after = enrich.scheduler()

@@ -2,6 +2,7 @@
 -- provider against the simulator with a store, and may be killed on the
 -- way (ENRICH_CRASH_AT); or resumes what the store holds and waits for it.
 -- usage: lua spec/store/crash_child.lua SIM_URL DB PROVIDER run|resume [resubmit]
+-- (PROVIDER tamtam-multi: tamtam, with a job of two parts)
 -- Prints one line per job at the end, "JOB uid state error_code", then DONE.
 local tag = (jit and "luajit") or _VERSION:match("%d+%.%d+")
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
@@ -10,6 +11,8 @@ local enrich = require "enrich"
 local estore = require "enrich.store"
 
 local sim, db, provider, phase, resubmit = arg[1], arg[2], arg[3], arg[4], arg[5] == "resubmit"
+local variant = provider
+provider = provider:gsub("%-multi$", "")
 
 local INPUTS = {
   tamtam = {
@@ -24,19 +27,25 @@ local INPUTS = {
   },
 }
 
+-- tamtam-multi: a job of 101 people is two provider requests (parts).
+local multi = {}
+for i = 1, 101 do multi[i] = { first_name = "M" .. i, last_name = "Multi", domain = "example.com" } end
+INPUTS["tamtam-multi"] = { multi, { { first_name = "Single", last_name = "One", domain = "example.com" } } }
+
 -- DB: a file for SQLite, or a redis:// URL (spec/store/redis_crash_spec.lua).
 local store = assert(estore.open(db:match("^redis://") and db or ("sqlite:" .. db)))
 local client = assert(enrich.client(provider, {
   api_key = "crash-spec-key", base_url = sim .. "/" .. provider, store = store,
   poll = { interval = 0.02, factor = 1, max_interval = 0.05, jitter = 0, deadline = 20 },
   retry = { attempts = 3, base = 0.01, cap = 0.05 },
+  rate = { per_second = 1000, burst = 100 },     -- the simulator's limits are not under test here
 }))
 
 local jobs
 if phase == "run" then
   enrich.run(function()
     jobs = {}
-    for i, inputs in ipairs(INPUTS[provider]) do
+    for i, inputs in ipairs(INPUTS[variant]) do
       jobs[i] = assert(client:submit(inputs, { kind = "email" }))
     end
     for _, job in ipairs(jobs) do job:wait(20) end

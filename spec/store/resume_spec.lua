@@ -123,6 +123,39 @@ describe("durable jobs end to end", function()
     store:close()
   end)
 
+  it("a put inside enrich.run rides along with the loop's commits; close writes it", function()
+    local store = assert(enrich.store.open("sqlite:" .. db))
+    local commits = 0
+    local real = store.w
+    store.w = setmetatable({ commit = function(_, ...) commits = commits + 1; return real:commit(...) end },
+                           { __index = function(_, k) return function(_, ...) return real[k](real, ...) end end })
+    enrich.run(function()
+      for i = 1, 100 do assert(store:answer_put("k" .. i, { n = i })) end
+      assert.same({ n = 7 }, store:answer_get("k7"))
+      enrich.sleep(0.01)
+    end)
+    assert.is_true(commits <= 2, "commits: " .. commits)
+    store.w = real
+    assert(store:close())
+    store = assert(enrich.store.open("sqlite:" .. db))
+    assert.same({ n = 100 }, store:answer_get("k100"))
+    store:close()
+  end)
+
+  it("never makes a second live job of one already live in this process", function()
+    child(sim, db, "tamtam", "run", "id_committed:1")
+    local store = assert(enrich.store.open("sqlite:" .. db))
+    local c = client("tamtam", store)
+    local first = assert(enrich.resume(store, { tamtam = c }))
+    local again = assert(enrich.resume(store, { tamtam = c }))
+    assert.equal(#first, #again)
+    for i = 1, #first do assert.equal(first[i], again[i]) end
+    enrich.run(function() for _, j in ipairs(first) do j:wait(5) end end)
+    local polls = support.stats(sim, "tamtam").requests["GET /v2/people/enrich/{id}"] or 0
+    assert.is_true(polls <= #first * 3, "polls: " .. polls)
+    store:close()
+  end)
+
   it("refuses misuse of resume", function()
     local store = assert(enrich.store.open("sqlite:" .. db))
     assert.has_error(function() enrich.resume(nil, {}) end)

@@ -193,6 +193,8 @@ describe("enrich.store (sqlite)", function()
     s, err = estore.open("mysql://x")
     assert.is_nil(s)
     assert.matches("unknown store URL", tostring(err))
+    assert.has_error(function() estore.open("sqlite:" .. path, { threads = 2 }) end,
+                     "enrich.store.open: unknown option 'threads' for sqlite")
   end)
 
   it("refuses a second process on the same file, naming the first one's pid", function()

@@ -38,7 +38,8 @@ function _M.open(url, opts)
     return nil, _M.error("the " .. scheme .. " store is not available: " .. tostring(backend):match("^[^\n]*"),
                          { reason = "unsupported" })
   end
-  return backend.open(url, opts)
+  local s, err = backend.open(url, opts)   -- not a tail call: the backend raises at level 3
+  return s, err
 end
 
 return _M

@@ -139,6 +139,10 @@ end
 --- caller its fsync); the default hands commits to the writer thread.
 function _M.open(url, opts)
   opts = opts or {}
+  for k, v in pairs(opts) do
+    if k ~= "thread" then error("enrich.store.open: unknown option '" .. tostring(k) .. "' for sqlite", 3) end
+    if type(v) ~= "boolean" then error("enrich.store.open: 'thread' must be a boolean", 3) end
+  end
   local path = url:match("^[sS][qQ][lL][iI][tT][eE]:(.+)$")
   if not path then
     return nil, store.error("expected sqlite:PATH, got '" .. tostring(url) .. "'", { reason = "invalid" })
@@ -175,6 +179,7 @@ function _M.open(url, opts)
     overlay = {},       -- answers/meta put and not yet committed: key -> { value, seq }
     failures = 0, error = nil,
     recorded = setmetatable({}, { __mode = "k" }),  -- jobs whose snapshot is committed
+    live = setmetatable({}, { __mode = "v" }),      -- uid -> live job of this process (see resume)
   }, store_mt)
   s.commit_timer = { on_timer = function(_, sched) s:_commit(sched) end }
   s.check_timer = { on_timer = function(_, sched) s:_check(sched) end }
@@ -364,6 +369,7 @@ function store_mt:intent(job, part)
   local ok, err = self:_durable(sched)
   if not ok then return nil, err end
   self.recorded[job] = true
+  self.live[job.uid] = job
   crash.point("intent_committed")
   return true
 end
@@ -517,14 +523,28 @@ local function get(self, tag, table_name, key)
   return decode(r[1][1])
 end
 
+-- The loop of the running task, if enrich runs it (a put from a task
+-- rides along with that loop's commits, even before any job hook ran).
+local function current_loop(self)
+  local enrich = package.loaded.enrich
+  local _, main = coroutine.running()
+  if enrich and coroutine.running() and not main then
+    local sched = enrich.scheduler()
+    if sched:current() then return sched end
+  end
+  return self.sched
+end
+
 local function put(self, tag, k, key, value, ...)
   check_open(self)
   if type(key) ~= "string" then error("enrich.store: the key must be a string", 3) end
   local json, err = encode(value)
   if not json then return nil, store.error("cannot encode: " .. tostring(err), { reason = "encode" }) end
-  self:_add(self.sched, k, key, json, ...)
+  local sched = current_loop(self)
+  self.sched = sched or self.sched
+  self:_add(sched, k, key, json, ...)
   self.overlay[tag .. key] = { json, self.handed + 1 }
-  if not self.sched then return self:flush() end  -- no loop to commit at its turn
+  if not sched then return self:flush() end       -- no loop to commit at its turn
   return true
 end
 
