@@ -45,18 +45,21 @@ local proxy = setmetatable({}, { __index = function(t, name)
 end })
 sched.engine = proxy
 
-local step = sched.step
-sched.step = function(self, max_wait, budget)
-  cur = { poll = 0, submit = 0, completions = 0, submits = 0, bytes = 0, inflight = 0,
-          gc0 = collectgarbage("count") }
-  local t0 = now()
-  local live = step(self, max_wait, budget)
-  cur.total, cur.at = now() - t0, t0 - start
-  cur.kb = collectgarbage("count") - cur.gc0
-  ticks[#ticks + 1] = cur
-  cur = nil
-  return live
+-- enrich.tick() runs sched:tick(budget) with a budget, sched:step(0) without.
+local function timed(turn)
+  return function(self, arg)
+    cur = { poll = 0, submit = 0, completions = 0, submits = 0, bytes = 0, inflight = 0,
+            gc0 = collectgarbage("count") }
+    local t0 = now()
+    local live = turn(self, arg)
+    cur.total, cur.at = now() - t0, t0 - start
+    cur.kb = collectgarbage("count") - cur.gc0
+    ticks[#ticks + 1] = cur
+    cur = nil
+    return live
+  end
 end
+sched.step, sched.tick = timed(sched.step), timed(sched.tick)
 
 local summary = game.summary
 function game.summary()
