@@ -21,7 +21,7 @@ PREFIX      ?= /usr/local
 
 ROCKSPEC    := $(wildcard lua-enrich-*.rockspec)
 
-.PHONY: all build deps test demo bench lint install clean valgrind rock host
+.PHONY: all build deps test demo bench lint install clean valgrind rock host fuzz
 
 all: build
 
@@ -48,6 +48,13 @@ lint: build build/noepoll/enrich/core.so
 test: deps
 	@$(MAKE) --no-print-directory build host
 	@sh scripts/run-tests
+
+# The mapping fuzzer, long (a short seeded run is part of the specs):
+# FUZZ_CASES per provider (100000), FUZZ_SEED, FUZZ_PROVIDER, FUZZ_CASE;
+# prints the seed and case of any failure. FUZZ_LUA=luajit for LuaJIT.
+FUZZ_LUA ?= lua5.4
+fuzz:
+	$(FUZZ_LUA) spec/fuzz/run.lua
 
 valgrind: build
 	@sh scripts/run-tests valgrind

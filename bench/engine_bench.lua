@@ -18,6 +18,7 @@ local client = assert(enrich.client("tamtam", {
   api_key = "bench-key", base_url = sim .. "/tamtam",
   poll = { interval = 0.02, factor = 1, jitter = 0, deadline = 300 },
   rate = { per_second = 1e6, burst = 1e6 },
+  coalesce = false,          -- one request per job: the engine's own path (3b measures coalescing)
 }))
 
 local t0 = core.now()

@@ -35,6 +35,7 @@ sched.engine = fake
 local client = assert(enrich.client("tamtam", {
   api_key = "k", base_url = "http://fake/tamtam",
   poll = { interval = 0, factor = 1, jitter = 0, deadline = 300 }, rate = { per_second = 1e9, burst = 1e9 },
+  coalesce = false,          -- one request per job: the engine's own path (3b measures coalescing)
 }))
 local t0 = os.clock()
 local ok = 0

@@ -21,6 +21,7 @@ local client = assert(enrich.client("tamtam", {
   -- First poll at once, the next an hour later.
   poll = { interval = 0.001, factor = 4e6, max_interval = 3600, jitter = 0, deadline = 7200 },
   rate = { per_second = 1e6, burst = 1e6 },
+  coalesce = false,          -- one request per job: the engine's own path (3b measures coalescing)
 }))
 local inputs = {}
 for i = 1, n do inputs[i] = { { first_name = "P" .. i, last_name = "Waiting" } } end

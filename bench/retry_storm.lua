@@ -27,6 +27,7 @@ local function run(label, budget)
     poll = { interval = 2, factor = 1, jitter = 0.2, deadline = 120 },   -- tamtam advises 2 s
     retry = { attempts = 5, base = 0.05, cap = 0.4, budget = budget },
     rate = { per_second = 1e6, burst = 1e6 },
+    coalesce = false,          -- one request per job: the engine's own path (3b measures coalescing)
   }))
   local jobs = {}
   for i = 1, jobs_n do jobs[i] = assert(client:submit({ { first_name = "S" .. i, last_name = "Storm" } })) end

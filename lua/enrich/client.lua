@@ -7,6 +7,7 @@ local ratelimit = require "enrich.ratelimit"
 local job = require "enrich.job"
 require "enrich.snapshot"                 -- job:snapshot()
 local scheduler = require "enrich.scheduler"
+local coalesce = require "enrich.coalesce"
 
 local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
 
@@ -23,6 +24,7 @@ local OPTIONS = {
   api_key = "string", base_url = "string", poll = "table", retry = "table",
   rate = "table", timeout = "number", connect_timeout = "number", max_body = "number",
   credits_cooldown = "number", store = "table",
+  coalesce = "table",          -- or false (enrich.coalesce)
 }
 
 -- After a `credits` answer, submits with that key fail fast for this many
@@ -45,7 +47,11 @@ local function shared_state(spec, key, rate, retry, opts)
     s = { retry_tokens = retry.budget }
     by_key[id] = s
   end
-  if not s.bucket or opts.rate then s.bucket = rate and ratelimit.new(rate.per_second, rate.burst) end
+  if not s.bucket or opts.rate then
+    -- A provider's documented rate is kept a margin under; `id` lets every
+    -- worker of an nginx share the bucket (enrich.ratelimit_shared).
+    s.bucket = rate and ratelimit.new(rate.per_second, rate.burst, { id = id, documented = not opts.rate })
+  end
   if not s.retry or (opts.retry and opts.retry.budget) then
     s.retry_max, s.retry_tokens = retry.budget, retry.budget
   end
@@ -53,6 +59,8 @@ local function shared_state(spec, key, rate, retry, opts)
   if not s.cooldown or opts.credits_cooldown then
     s.cooldown = opts.credits_cooldown or _M.DEFAULT_CREDITS_COOLDOWN
   end
+  -- An explicit rate is the caller's plan: rate headers do not move it.
+  if opts.rate and s.bucket then s.bucket.fixed = true end
   return s
 end
 
@@ -62,7 +70,9 @@ function _M.new(sched, name_or_spec, opts)
   if type(opts) ~= "table" then error("enrich.client: options must be a table", 3) end
   for k, v in pairs(opts) do
     if not OPTIONS[k] then error("enrich.client: unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= OPTIONS[k] then error("enrich.client: '" .. k .. "' must be a " .. OPTIONS[k], 3) end
+    if type(v) ~= OPTIONS[k] and not (k == "coalesce" and v == false) then
+      error("enrich.client: '" .. k .. "' must be a " .. OPTIONS[k], 3)
+    end
   end
   local spec, msg
   if type(name_or_spec) == "string" then
@@ -125,6 +135,8 @@ function _M.new(sched, name_or_spec, opts)
     return s
   end
   c.shared = shared_state(spec, key, rate, c.retry, opts)
+  -- Submits to a batch provider are gathered into shared requests.
+  c.spec = coalesce.wrap(c, spec, opts.coalesce)
   return c
 end
 
@@ -232,7 +244,9 @@ function client_mt:submit(inputs, opts)
   end
   local blocked = self:blocked()
   if blocked then return nil, blocked end
-  return job.new(self, inputs, prepared, opts):start()
+  local j = job.new(self, inputs, prepared, opts)
+  if self.spec.coalescing then self.spec.coalescing.join(j) end   -- enrich.coalesce
+  return j:start()
 end
 
 return _M

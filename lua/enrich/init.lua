@@ -36,8 +36,12 @@ local _M = {
 local loop, loop_opts
 
 -- The loop, made at its first use (its engine later still: see core()).
+-- In nginx (OpenResty) the host attaches at the first use in each worker:
+-- a driver timer of the worker's own steps the loop (enrich.hosts.openresty).
+local ngx_host = ngx and ngx.get_phase and ngx.timer and "enrich.hosts.openresty"   -- luacheck: ignore 113
 local function get_loop()
   if not loop then loop = scheduler.new(loop_opts) end
+  if ngx_host and not loop.host then require(ngx_host).attach(loop) end
   return loop
 end
 
@@ -52,12 +56,14 @@ function _M.scheduler()
   return l
 end
 
-local CONFIG = { io_thread = "boolean", per_host = "number" }
+local CONFIG = { io_thread = "boolean", per_host = "number", shared_dict = "string" }
 
 --- Sets up the loop before its first use (a client, a task, a tick):
 ---   io_thread = true   libcurl runs on a thread of its own, so connects,
 ---                      sends and TLS never cost the thread that ticks;
----   per_host  = n      transfers in flight per host (default 32).
+---   per_host  = n      transfers in flight per host (default 32);
+---   shared_dict = name OpenResty: the lua_shared_dict in which every worker
+---                      shares each key's rate limit (default "enrich").
 --- The loop is made at its first use, with these options: in OpenResty's
 --- init_by_lua, each worker still makes its own after the fork.
 --- Calls before the first use add up (the last value of an option wins).
@@ -72,6 +78,7 @@ function _M.configure(opts)
   if n and (n ~= math.floor(n) or n < 1 or n > 10000) then
     error("enrich.configure: 'per_host' must be a whole number from 1 to 10000", 2)
   end
+  if opts.shared_dict then require("enrich.ratelimit_shared").DICT = opts.shared_dict end
   if loop then error("enrich.configure: the loop is already running; configure before the first use", 2) end
   loop_opts = loop_opts or {}              -- a later call adds to an earlier one
   for k, v in pairs(opts) do loop_opts[k] = v end
@@ -111,13 +118,19 @@ end
 --- spawned finished. Returns fn's results; raises the first error of one
 --- of them (its other tasks are then abandoned; tasks of other runs, and
 --- those spawned outside any run, go on).
-function _M.run(fn, ...) return get_loop():run(fn, ...) end
+function _M.run(fn, ...)
+  local s = get_loop()
+  if s.host and not s:current() then return s.host.run(fn, ...) end   -- OpenResty
+  return s:run(fn, ...)
+end
 
 --- Starts fn(...) as a task (inside run: one of that run's; outside any,
 --- driven by tick/wait/sleep, which raise its error).
 function _M.spawn(fn, ...)
   if type(fn) ~= "function" then error("enrich.spawn: a function is required", 2) end
-  return get_loop():go(fn, nil, ...)
+  local s = get_loop()
+  if s.host then return s.host.spawn(fn, ...) end                     -- OpenResty
+  return s:go(fn, nil, ...)
 end
 
 --- Waits `seconds`: yields inside a task, drives the loop outside one.

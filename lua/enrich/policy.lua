@@ -91,7 +91,7 @@ function _M.parse_retry_after(value, now)
   if type(value) == "table" then value = value[1] end
   if type(value) ~= "string" and type(value) ~= "number" then return nil end
   local n = tonumber(value)
-  if n then return n >= 0 and n or nil end
+  if n then return (n >= 0 and n < math.huge) and n or nil end   -- "1e999" reads as inf: no hint
   local d, mon, y, h, mi, s = value:match("^%a+, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
   if not d then d, mon, y, h, mi, s = value:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
     if y then y = tonumber(y) + (tonumber(y) < 70 and 2000 or 1900) end

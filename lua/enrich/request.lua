@@ -12,6 +12,7 @@ local cjson = require "cjson.safe"
 local errors = require "enrich.errors"
 local policy = require "enrich.policy"
 local crash = require "enrich.crash"
+local ratelimit = require "enrich.ratelimit"
 
 local type, tostring, pairs, ipairs, sort, concat, format, byte, error =
   type, tostring, pairs, ipairs, table.sort, table.concat, string.format, string.byte, error
@@ -160,6 +161,7 @@ function ctx_mt:call(req)
     client:throttle()                     -- the rate token first: a full bucket never holds a slot
     local before_send = req.before_send or self.before_send
     local c = sched:transfer(transfer, client.host, before_send)
+    ratelimit.observe(client.shared.bucket, c, sched.now(), client.spec.rate_hint)
     local refused = c.before_send_error
     if refused ~= nil then
       if errors.is(refused) then return nil, refused end

@@ -14,7 +14,8 @@ describe("host slots shared by two keys", function()
 
   it("let a key with tokens go past a key that waits for its rate", function()
     support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
-    local slow = support.client(sim, "tamtam", { api_key = "slow-key", rate = { per_second = 2, burst = 1 } })
+    local slow = support.client(sim, "tamtam",
+      { api_key = "slow-key", rate = { per_second = 2, burst = 1 }, coalesce = false })
     local quick = support.client(sim, "tamtam", { api_key = "quick-key", rate = { per_second = 100, burst = 10 } })
     local slow_jobs = {}
     for i = 1, 6 do slow_jobs[i] = assert(slow:submit({ { first_name = "S" .. i, last_name = "Slow" } })) end

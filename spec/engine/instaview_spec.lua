@@ -87,7 +87,7 @@ describe("instaview through the engine", function()
   end)
 
   it("cancels locally (instaview has no cancel endpoint)", function()
-    local c = client { poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 } }
+    local c = client { poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 }, coalesce = false }
     local job = assert(c:submit({ profile("p_jobhang", "9") }))
     enrich.sleep(0.1)
     assert.equal(job, job:cancel())

@@ -21,7 +21,7 @@ describe("a loop on an I/O thread", function()
       flush = function(real) events[#events + 1] = "f"; return real:flush() end,
     })
     local ok, err = pcall(function()
-      local client = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
+      local client = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 }, coalesce = false })
       local jobs = {}
       for i = 1, 10 do jobs[i] = assert(client:submit({ { first_name = "T" .. i, last_name = "Thread" } })) end
       events = {}

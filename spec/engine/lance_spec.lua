@@ -102,7 +102,7 @@ describe("lance through the engine", function()
   end)
 
   it("cancels locally (lance documents no cancel endpoint)", function()
-    local c = client({ poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 } })
+    local c = client({ poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 }, coalesce = false })
     local job = assert(c:submit({ person(coded("0102"), "9") }))
     enrich.sleep(0.1)
     assert.equal(job, job:cancel())

@@ -135,7 +135,7 @@ describe("host slots", function()
       return real:submit(req)
     end })
     local ok, err = pcall(function()
-      local c = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
+      local c = support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 }, coalesce = false })
       local bad = {}
       for i = 1, 40 do bad[i] = assert(c:submit({ { first_name = "R" .. i, last_name = "Refused" } })) end
       for _ = 1, 2000 do

@@ -56,7 +56,7 @@ describe("jobs and the loop", function()
 
   local function slow_client(polls)
     support.configure(sim, { tamtam = { polls = polls, rate_limit = false } })
-    return support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 } })
+    return support.client(sim, "tamtam", { rate = { per_second = 10000, burst = 10000 }, coalesce = false })
   end
 
   it("tick() never blocks and counts live jobs down to zero", function()
@@ -193,7 +193,7 @@ describe("jobs and the loop", function()
 
   it("refresh() polls now instead of waiting for the cadence", function()
     support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
-    local client = support.client(sim, "tamtam", { poll = { interval = 30, deadline = 60 } })
+    local client = support.client(sim, "tamtam", { poll = { interval = 30, deadline = 60 }, coalesce = false })
     local job = assert(client:submit({ { first_name = "Ada", last_name = "Byron" } }))
     enrich.sleep(0.05)                   -- submitted, next poll 30 s away
     assert.equal("running", job.state)

@@ -79,7 +79,8 @@ describe("tamtam through the engine", function()
   end)
 
   it("cancels locally (tamtam has no cancel endpoint)", function()
-    local client = support.client(sim, "tamtam", { poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 } })
+    local client = support.client(sim, "tamtam",
+      { poll = { interval = 0.05, factor = 1, jitter = 0, deadline = 5 }, coalesce = false })
     local job = assert(client:submit({ person("Slow", "Jobhang", "9") }))
     enrich.sleep(0.1)
     assert.equal(job, job:cancel())

@@ -172,7 +172,10 @@ describe("instaview mapping", function()
       { { profileId = "a", success = true, candidate = { emails = { "x@y.z", "w@y.z" } } }, "found", "x@y.z" },
       { { profileId = "a", success = true, candidate = { emails = {} } }, "not_found" },
       { { profileId = "a", success = true, candidate = { emails = cjson.null } }, "not_found" },
-      { { profileId = "a", success = true }, "not_found" },
+      -- success without its candidate: billed, yet unreadable (issue 11)
+      { { profileId = "a", success = true }, "failed" },
+      { { profileId = "a", success = true, candidate = cjson.null }, "failed" },
+      { { profileId = "a", success = cjson.null, candidate = {} }, "failed" },
       { { profileId = "a", success = false, error = "boom" }, "failed" },
       { { profileId = "a", success = false, error = { code = "TIMEOUT", message = "late" } }, "failed" },
       { { profileId = "a", success = false }, "failed" },

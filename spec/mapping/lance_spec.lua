@@ -71,8 +71,12 @@ describe("lance mapping", function()
       end)
     end
 
-    it("an undocumented status -> nil (the check reports a protocol error)", function()
-      assert.is_nil(P.record_item({ status = "queued" }))
+    it("an undocumented status -> that item failed with 'protocol' (the others still count)", function()
+      local item = P.record_item({ status = "queued" })
+      assert.equal("failed", item.status)
+      assert.equal("protocol", item.error.code)
+      item = P.record_item({ status = "finished", dataFound = "yes" })
+      assert.equal("protocol", item.error.code)
     end)
   end)
 
@@ -195,9 +199,18 @@ describe("lance mapping", function()
       assert.equal("server", err.code)
     end)
 
-    it("reports an undocumented record status as a protocol error", function()
+    it("reports an undocumented record status as that item's protocol error", function()
       local ctx = fake_ctx({ ["POST /api/v1/operations/enrichment/batch/query"] = {
         { entityId = id(1), field = "emails", status = "queued" } } })
+      local part = part_of(1)
+      assert.is_true(P.check(ctx, part))
+      assert.equal("failed", part.items[1].status)
+      assert.equal("protocol", part.items[1].error.code)
+    end)
+
+    it("refuses a batch query answer that is not an array: 'protocol', never all not_found", function()
+      local ctx = fake_ctx({ ["POST /api/v1/operations/enrichment/batch/query"] =
+        { entityId = id(1), field = "emails", status = "finished", dataFound = true } })
       local terminal, err = P.check(ctx, part_of(1))
       assert.is_nil(terminal)
       assert.equal("protocol", err.code)

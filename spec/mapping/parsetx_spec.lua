@@ -222,4 +222,34 @@ describe("parsetx mapping", function()
       assert.equal(86400 - 61, P.until_midnight(1780272000 + 61.5))
     end)
   end)
+
+  describe("odd values in a complete item (found by the fuzzer)", function()
+    local cjson = require "cjson"
+    local base = { input = "X", status = "complete", merchant = "Uber", source = "cache" }
+    local function with(k, v)
+      local r = {}
+      for a, b in pairs(base) do r[a] = b end
+      r[k] = v
+      return r
+    end
+    it("reads an MCC given as a number, and drops one too large to be a code", function()
+      assert.equal("5814", P.item(with("mcc_code", 5814)).merchant.mcc)
+      assert.is_nil(P.item(with("mcc_code", 1e308)).merchant.mcc)
+      assert.is_nil(P.item(with("mcc_code", -1 / 0)).merchant.mcc)
+    end)
+    it("fails with 'protocol' a complete item without a merchant name", function()
+      for _, v in ipairs({ cjson.null, 5, "", {} }) do
+        local item = P.item(with("merchant", v))
+        assert.equal("failed", item.status)
+        assert.equal("protocol", item.error.code)
+      end
+    end)
+    it("keeps only documented types: confidence a finite number, subscription a boolean", function()
+      local m = P.item(with("confidence", "0.9")).merchant
+      assert.is_nil(m.confidence)
+      m = P.item(with("is_subscription", "yes")).merchant
+      assert.is_nil(m.subscription)
+      assert.is_false(P.item(with("is_subscription", false)).merchant.subscription)
+    end)
+  end)
 end)

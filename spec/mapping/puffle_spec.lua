@@ -1,3 +1,4 @@
+local cjson = require "cjson"
 -- puffle's mapping, table-driven over the sheet's example exchanges
 -- (spec/fixtures/puffle/*.json).
 local errors = require "enrich.errors"
@@ -91,8 +92,12 @@ describe("puffle mapping", function()
       assert.same({ { address = "nell.ortega@example.com", status = "unknown" } }, item.emails)
     end)
 
-    it("an undocumented status -> nil (the check reports a protocol error)", function()
-      assert.is_nil(P.item({ status = "queued" }, "email"))
+    it("an undocumented status, or an item that is not an object -> failed with 'protocol'", function()
+      for _, it_ in ipairs({ { status = "queued" }, cjson.null, "it_1", { status = cjson.null } }) do
+        local item = P.item(it_, "email")
+        assert.equal("failed", item.status)
+        assert.equal("protocol", item.error.code)
+      end
     end)
   end)
 
@@ -204,6 +209,45 @@ describe("puffle mapping", function()
       assert.is_nil(terminal)
       assert.equal("protocol", err.code)
       assert.is_true(n <= 3)
+    end)
+
+    it("follows what the pages hold, not the limit asked: 50 a page for 120 leads is 3 pages", function()
+      local leads = {}
+      for i = 1, 120 do leads[i] = ("ld_%03d"):format(i) end
+      local ctx = fake_ctx({
+        [STATUS] = fixture("run_completed"),
+        [ITEMS] = function(req)
+          local from = req.query.cursor and tonumber(req.query.cursor:match("%d+")) + 1 or 1
+          local items = {}
+          for i = from, math.min(from + 49, 120) do
+            items[#items + 1] = { id = ("it_%03d"):format(i), leadId = leads[i], status = "completed",
+                                  result = { email = i .. "@example.com" } }
+          end
+          local more = from + 49 < 120
+          return { status = 200, json = { items = items,
+                   page = { limit = 50, hasMore = more, nextCursor = more and items[#items].id or cjson.null } } }
+        end,
+      })
+      local part = part_of(leads)
+      assert.is_true(P.check(ctx, part))
+      for i = 1, 120 do assert.equal("found", part.items[i].status) end
+      assert.equal(4, #ctx.calls)                      -- the status, then 3 pages
+    end)
+
+    it("stops at n + 2 pages when every page brings an item and says hasMore", function()
+      local n = 0
+      local ctx = fake_ctx({
+        [STATUS] = fixture("run_completed"),
+        [ITEMS] = function()
+          n = n + 1
+          return { status = 200, json = { items = { { id = "it_" .. n, leadId = "ld_x" .. n, status = "completed" } },
+                                          page = { hasMore = true, nextCursor = "it_" .. n } } }
+        end,
+      })
+      local terminal, err = P.check(ctx, part_of({ "ld_01example", "ld_02example" }))
+      assert.is_nil(terminal)
+      assert.equal("protocol", err.code)
+      assert.equal(4, n)
     end)
 
     it("fails the part of a failed run with the run's message", function()

@@ -1,9 +1,8 @@
 -- Shared by the mapping specs: the sheet's example exchanges as fixtures and
--- a stand-in for the engine's ctx, so a provider's pure functions run
+-- the fake ctx users get too (enrich.testing), so a provider's functions run
 -- without the engine or the network.
 local cjson = require "cjson"
-local errors = require "enrich.errors"
-local request = require "enrich.request"
+local testing = require "enrich.testing"
 
 local support = {}
 
@@ -15,29 +14,42 @@ function support.fixture(provider, name)
   return cjson.decode(s)
 end
 
---- A ctx like the engine's: escape, null, opts, ctx:error tagging the
--- provider, and ctx:call answering from `answers`, each call recorded in
--- ctx.calls as { key = "METHOD path", req = req }.
--- answers: a function(req) -> res, err that answers every call; or a table
--- keyed by "METHOD path" whose values are a body (answered with status 200)
--- or a function(req) -> res, err. A key with no answer is a 404 not_found.
+-- The specs' own answer form: a function may return a res such as
+-- { status = 202, json = … } (only those keys: status, json, body, headers),
+-- an answer with that status and body.
+local RES_KEYS = { status = true, json = true, body = true, headers = true }
+local function as_answer(r)
+  if type(r) ~= "table" or getmetatable(r) ~= nil or type(r.status) ~= "number" then return r end
+  for k in pairs(r) do if not RES_KEYS[k] then return r end end
+  local body = r.json
+  if body == nil then body = r.body end
+  return testing.answer(r.status, body, r.headers)
+end
+
+--- enrich.testing.ctx for `provider` (its name): ctx:call answers from
+--- `answers` — one function(req) -> res, err for every call, or a table
+--- keyed by "METHOD path" whose values are a body (status 200), a
+--- testing.answer(...) or a function(req) -> res, err. A key with no answer
+--- is a 404.
 function support.fake_ctx(provider, answers)
-  local ctx = { escape = request.escape, null = cjson.null, opts = {}, calls = {} }
-  function ctx.error(_, code, message, fields)
-    fields = fields or {}
-    fields.provider = provider
-    return errors.new(code, message, fields)
+  local wrapped
+  if type(answers) == "function" then
+    wrapped = function(req, ctx)
+      local r, err = answers(req, ctx)
+      return as_answer(r), err
+    end
+  else
+    -- Read at each call: a spec may change its answers between two calls.
+    wrapped = setmetatable({}, { __index = function(_, k)
+      local v = answers and answers[k]
+      if type(v) ~= "function" then return v end
+      return function(req, ctx)
+        local r, err = v(req, ctx)
+        return as_answer(r), err
+      end
+    end })
   end
-  function ctx:call(req)
-    local key = (req.method or "GET") .. " " .. req.path
-    self.calls[#self.calls + 1] = { key = key, req = req }
-    local a = answers
-    if type(answers) == "table" then a = answers[key] end
-    if type(a) == "function" then return a(req) end
-    if a == nil then return nil, errors.new("not_found", "no answer for " .. key, { status = 404 }) end
-    return { status = 200, headers = {}, json = a }
-  end
-  return ctx
+  return testing.ctx { provider = provider, answers = wrapped }
 end
 
 return support

@@ -2,7 +2,9 @@
 -- provider against the simulator with a store, and may be killed on the
 -- way (ENRICH_CRASH_AT); or resumes what the store holds and waits for it.
 -- usage: lua spec/store/crash_child.lua SIM_URL DB PROVIDER run|resume [resubmit]
--- (PROVIDER tamtam-multi: tamtam, with a job of two parts)
+-- (PROVIDER tamtam-multi: tamtam, with a job of two parts; tamtam-coalesced:
+-- tamtam's two jobs gathered into one provider request. Plain tamtam and
+-- tamtam-multi run uncoalesced: their accounting is one request per part.)
 -- Prints one line per job at the end, "JOB uid state error_code", then DONE.
 local tag = (jit and "luajit") or _VERSION:match("%d+%.%d+")
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
@@ -12,7 +14,7 @@ local estore = require "enrich.store"
 
 local sim, db, provider, phase, resubmit = arg[1], arg[2], arg[3], arg[4], arg[5] == "resubmit"
 local variant = provider
-provider = provider:gsub("%-multi$", "")
+provider = provider:gsub("%-%a+$", "")
 
 local INPUTS = {
   tamtam = {
@@ -31,6 +33,10 @@ local INPUTS = {
 local multi = {}
 for i = 1, 101 do multi[i] = { first_name = "M" .. i, last_name = "Multi", domain = "example.com" } end
 INPUTS["tamtam-multi"] = { multi, { { first_name = "Single", last_name = "One", domain = "example.com" } } }
+INPUTS["tamtam-coalesced"] = INPUTS.tamtam
+-- tamtam coalesces by default; the crash matrix counts one provider
+-- request per part, so it runs uncoalesced but for its coalesced case.
+local COALESCE = { tamtam = false, ["tamtam-multi"] = false, ["tamtam-coalesced"] = { window = 0.05 } }
 
 -- DB: a file for SQLite, or a redis:// URL (spec/store/redis_crash_spec.lua).
 local store = assert(estore.open(db:match("^redis://") and db or ("sqlite:" .. db)))
@@ -39,6 +45,7 @@ local client = assert(enrich.client(provider, {
   poll = { interval = 0.02, factor = 1, max_interval = 0.05, jitter = 0, deadline = 20 },
   retry = { attempts = 3, base = 0.01, cap = 0.05 },
   rate = { per_second = 1000, burst = 100 },     -- the simulator's limits are not under test here
+  coalesce = COALESCE[variant],                  -- nil: the provider's default
 }))
 
 local jobs

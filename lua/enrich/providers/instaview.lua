@@ -5,7 +5,7 @@
 local errors = require "enrich.errors"
 local N = require "enrich.normalize"
 
-local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
+local type, ipairs, pairs, tonumber = type, ipairs, pairs, tonumber
 
 local P = {
   name = "instaview",
@@ -45,6 +45,8 @@ function P.prepare(input)
   if type(input) ~= "table" then return nil, "an input must be a table { id = <profile id> }" end
   local id = N.text(input.id)
   if not id then return nil, "needs id (an InstaView profile id string)" end
+  local bad = N.check_utf8(input, { "id" })
+  if bad then return nil, bad end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
   return id
 end
@@ -54,29 +56,38 @@ function P.submit(ctx, part)
   for k, id in ipairs(part.inputs) do ids[k] = id end
   local res, err = ctx:call { method = "POST", path = "/sourcing/enrich", json = { profileIds = ids } }
   if not res then return nil, err end
-  local id = res.json.requestId
-  if type(id) ~= "string" or id == "" then
-    return nil, ctx:error("protocol", "submit answer has no requestId")
+  local id = N.str(res.json.requestId)
+  if not id then
+    -- A 2xx: instaview may well have accepted (and will charge) it. Never resent,
+    -- never retryable: the message says so.
+    return nil, ctx:error("protocol", "submit answer (HTTP " .. res.status .. ") has no requestId: instaview "
+      .. "may have accepted the request (and charge it); not resent", { status = res.status, retryable = false })
   end
   return id
 end
 
 --- One `data` entry -> a normalized item (the job completes the rest).
+--- Any value in it may be null or mistyped: read through the typed readers.
 function P.item(d)
-  if type(d) ~= "table" then
-    return { status = "failed", raw = d,
-             error = errors.new("protocol", "result entry is not an object", { provider = "instaview" }) }
-  end
-  if d.success ~= true then
+  d = N.object(d)
+  if not d then return N.unreadable("instaview", "result entry is not a JSON object") end
+  if d.success == false then
     local reason = N.value(d.error)
+    local e = N.object(reason)
     return { status = "failed", raw = d,
              error = errors.new(ITEM_ERROR_CODE, N.message(reason) or "profile enrichment failed", {
                provider = "instaview", retryable = ITEM_ERROR_RETRYABLE,
-               provider_code = type(reason) == "table" and N.text(reason.code) or nil }) }
+               provider_code = e and N.text(e.code) or nil }) }
   end
-  local candidate = type(d.candidate) == "table" and d.candidate or {}
+  if d.success ~= true then
+    return N.unreadable("instaview", "result entry without a boolean success", d)
+  end
+  local candidate = N.object(d.candidate)
+  if not candidate then
+    return N.unreadable("instaview", "successful entry without a candidate object", d)
+  end
   local emails = {}
-  for _, address in ipairs(N.array(N.value(candidate.emails))) do
+  for _, address in ipairs(N.list(candidate.emails)) do
     address = N.text(address)
     if address then emails[#emails + 1] = { address = address, status = EMAIL_STATUS } end
   end
@@ -93,7 +104,7 @@ function P.state(status, body)
   if type(body) ~= "table" then return nil, "results answer is not a JSON object" end
   if body.status == "completed" or body.status == "failed" then return true end
   if body.status == "processing" then return false end
-  return nil, "unknown status '" .. tostring(body.status) .. "'"
+  return nil, "unknown status '" .. N.show(body.status) .. "'"
 end
 
 function P.check(ctx, part)
@@ -109,48 +120,61 @@ function P.check(ctx, part)
   end
   if type(body) == "table" then part.raw = body end
   if not done then return false end
-  part.credits = tonumber(body.creditsConsumed)
+  part.credits = N.count(body.creditsConsumed)
   if body.status == "failed" then
     local e = N.value(body.error)
+    local o = N.object(e)
     part.error = ctx:error("server", N.message(e) or "instaview reports the run failed",
-                           { provider_code = type(e) == "table" and N.text(e.code) or nil })
+                           { provider_code = o and N.text(o.code) or nil })
+    return true
+  end
+  -- data: an array (null reads as empty); another type cannot be read.
+  local data = N.array(body.data)
+  if not data and body.data ~= nil and body.data ~= N.null then
+    part.error = ctx:error("protocol", "completed answer whose data is not an array")
     return true
   end
   -- Correlate by profileId (several inputs may share one id); fall back to
-  -- position for an entry without one.
+  -- position for an entry without one (or one that is not even an object).
   local waiting = {}
   for k, id in ipairs(part.inputs) do
     local list = waiting[id]
     if not list then list = {}; waiting[id] = list end
     list[#list + 1] = k
   end
-  for pos, d in ipairs(N.array(N.value(body.data))) do
-    local k
-    local list = type(d) == "table" and waiting[d.profileId]
+  local by_position = {}
+  for pos, d in ipairs(data or {}) do
+    local obj = N.object(d)
+    local id = obj and N.str(obj.profileId)
+    local list = id and waiting[id]
     if list and #list > 0 then
-      k = table.remove(list, 1)
-    elseif not part.items[pos] and part.inputs[pos] and type(d) == "table" and d.profileId == nil then
-      k = pos
+      part.items[table.remove(list, 1)] = P.item(obj)
+    elseif part.inputs[pos] and not (obj and obj.profileId ~= nil and obj.profileId ~= N.null) then
+      by_position[pos] = d
     end
-    if k then part.items[k] = P.item(d) end
   end
+  for pos, d in pairs(by_position) do
+    if not part.items[pos] then part.items[pos] = P.item(d) end
+  end
+  -- A final answer leaves nothing unset: what it did not answer is failed.
+  N.settle(part, "instaview")
   return true
 end
 
 -- The standard envelope {success:false, error:{code, message}}, or the
 -- NestJS-style 429 {statusCode, message, error, retryAfter}.
 function P.error(c)
-  local b = type(c.json) == "table" and c.json or {}
+  local b = N.object(c.json) or {}
   local fields = {}
-  local e = b.error
-  if type(e) == "table" then
+  local e = N.object(b.error)
+  if e then
     if N.text(e.code) == "INSUFFICIENT_CREDITS" then fields.code = "credits" end
     return N.text(e.message), N.text(e.code), fields
   end
   -- The Retry-After header wins over this (the engine applies it after).
-  local after = tonumber(b.retryAfter)
-  if after and after >= 0 then fields.retry_after = after end
-  return N.text(b.message), N.text(e), fields
+  local after = N.count(tonumber(b.retryAfter))
+  if after then fields.retry_after = after end
+  return N.text(b.message), N.text(b.error), fields
 end
 
 return P

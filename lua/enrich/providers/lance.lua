@@ -7,8 +7,8 @@
 local errors = require "enrich.errors"
 local N = require "enrich.normalize"
 
-local type, ipairs, pairs, next, tostring, lower, min =
-  type, ipairs, pairs, next, tostring, string.lower, math.min
+local type, ipairs, pairs, tostring, lower, min =
+  type, ipairs, pairs, tostring, string.lower, math.min
 
 local P = {
   name = "lance",
@@ -63,6 +63,8 @@ function P.prepare(input, opts)
   if type(input) ~= "table" then return nil, "a lance input must be a table { id = <person uuid> }" end
   local id = N.text(input.id)
   if not id then return nil, "needs id (a Lance person UUID)" end
+  local bad = N.check_utf8(input, { "id" })
+  if bad then return nil, bad end
   if not P.is_uuid_v4(id) then return nil, "id must be a Lance person UUID (v4)" end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
   return { id = id, field = FIELD[opts.kind or "email"] }
@@ -89,15 +91,16 @@ function P.submit(ctx, part)
     idempotent = true,                           -- documented: existing records come back, uncharged
   }
   if not res then return nil, err end
-  local records = res.json
-  if type(records) ~= "table" or (#records == 0 and next(records) ~= nil) then
+  local records = N.array(res.json)
+  if not records then
     return nil, ctx:error("protocol", "batch answer is not an array of records")
   end
   -- Keep the records per person: their ids and first states.
   part.records = {}
   local first_id
   for _, r in ipairs(records) do
-    if type(r) == "table" and N.text(r.entityId) and r.field == field then
+    r = N.object(r)
+    if r and N.text(r.entityId) and r.field == field then
       part.records[key_of(r.entityId)] = r
       first_id = first_id or N.text(r.id)
     end
@@ -119,28 +122,34 @@ function P.record_item(r)
              error = errors.new("not_found", "lance has no enrichment record for this person",
                                 { provider = "lance", retryable = false }) }
   end
-  local status = r.status
+  local status = N.str(r.status)
   if status == "pending" then return { status = "pending", raw = r } end
   if status == "finished" then
     if r.dataFound == true then return { status = "found", raw = r } end
     if r.dataFound == false then return { status = "not_found", raw = r } end
-    return { status = "pending", raw = r }       -- finished, dataFound not yet set: look again
+    if r.dataFound == nil or r.dataFound == N.null then
+      return { status = "pending", raw = r }     -- finished, dataFound not yet set: look again
+    end
+    return N.unreadable("lance", "finished record whose dataFound is not a boolean", r)
   end
   local code = ITEM_ERROR[status]
-  if not code then return nil end                -- not a documented status
+  if not code then                               -- not a documented status
+    return N.unreadable("lance", "unknown record status '" .. N.show(r.status) .. "'", r)
+  end
   return { status = "failed", raw = r,
-           error = errors.new(code, N.text(r.error) or ("enrichment " .. status),
+           error = errors.new(code, N.message(r.error) or ("enrichment " .. status),
                               { provider = "lance", provider_code = status, retryable = false }) }
 end
 
 --- A finished record with data plus the person read afterwards -> the item.
 function P.person_item(r, person, field)
   local emails, phones = {}, {}
-  person = type(person) == "table" and person or {}
-  for _, e in ipairs(N.array(N.value(person.emails))) do
+  person = N.object(person)
+  if not person then return N.unreadable("lance", "person answer is not a JSON object", r) end
+  for _, e in ipairs(N.list(person.emails)) do
     if N.text(e) then emails[#emails + 1] = { address = N.text(e), status = "unknown" } end
   end
-  for _, p in ipairs(N.array(N.value(person.phones))) do
+  for _, p in ipairs(N.list(person.phones)) do
     if N.text(p) then phones[#phones + 1] = { number = N.text(p), region = nil } end
   end
   local email, phone = N.best_email(emails), phones[1] and phones[1].number
@@ -158,9 +167,15 @@ local function query(ctx, ids, field)
     json = { tasks = tasks }, idempotent = true,   -- a read
   }
   if not res then return nil, err end
+  local list = N.array(res.json)
+  if not list then
+    return nil, ctx:error("protocol", "batch query answer is not an array of records",
+                          { status = res.status, retryable = false })
+  end
   local out = {}
-  for _, r in ipairs(N.array(res.json)) do
-    if type(r) == "table" and N.text(r.entityId) and r.field == field then out[key_of(r.entityId)] = r end
+  for _, r in ipairs(list) do
+    r = N.object(r)
+    if r and N.text(r.entityId) and r.field == field then out[key_of(r.entityId)] = r end
   end
   return out
 end
@@ -188,9 +203,6 @@ function P.check(ctx, part)
     local r = records[k]
     raw[#raw + 1] = r
     local item = P.record_item(r)
-    if not item then
-      return nil, ctx:error("protocol", "unknown record status '" .. tostring(r.status) .. "'")
-    end
     if item.status == "found" then
       local res, err = ctx:call { path = "/api/v1/entities/prospects/person/" .. ctx.escape(id) }
       if res then
@@ -223,8 +235,8 @@ end
 
 -- {error:{code,message,details}}.
 function P.error(c)
-  local b = type(c.json) == "table" and c.json or {}
-  local e = type(b.error) == "table" and b.error or {}
+  local b = N.object(c.json) or {}
+  local e = N.object(b.error) or {}
   local msg = N.text(e.message) or N.text(b.message) or (type(b.error) == "string" and N.text(b.error)) or nil
   local code = N.text(e.code)
   local fields = {}

@@ -5,7 +5,7 @@
 local errors = require "enrich.errors"
 local N = require "enrich.normalize"
 
-local type, ipairs, tostring, tonumber, os_time, ceil = type, ipairs, tostring, tonumber, os.time, math.ceil
+local type, ipairs, format, os_time, ceil = type, ipairs, string.format, os.time, math.ceil
 
 local P = {
   name = "parsetx",
@@ -55,6 +55,8 @@ function P.prepare(input)
   end
   if type(text) ~= "string" then return nil, "a transaction must be a string or { text = <string> }" end
   if not N.text(text) then return nil, "empty transaction string" end
+  local ok = N.utf8_valid(text)
+  if not ok then return nil, N.check_utf8({ text = text }, { "text" }) end
   return text
 end
 
@@ -63,25 +65,37 @@ function P.submit(ctx, part)
   for k, text in ipairs(part.inputs) do list[k] = text end
   local res, err = ctx:call { method = "POST", path = "/v1/enrich/async", json = { transactions = list } }
   if not res then return nil, err end
-  local id = res.json.job_id
-  if type(id) ~= "string" or id == "" then
-    return nil, ctx:error("protocol", "submit answer has no job_id")
+  local id = N.str(res.json.job_id)
+  if not id then
+    -- A 2xx: parsetx may well have accepted (and will charge) it. Never resent,
+    -- never retryable: the message says so.
+    return nil, ctx:error("protocol", "submit answer (HTTP " .. res.status .. ") has no job_id: parsetx "
+      .. "may have accepted the request (and charge it); not resent", { status = res.status, retryable = false })
   end
   return id
 end
 
+-- A documented string that may come as a number (an MCC of 5814).
+local function code_text(v)
+  if N.num(v) and v % 1 == 0 and v > -1e15 and v < 1e15 then return format("%d", v) end
+  return N.str(v)
+end
+
 --- One EnrichResultItem -> a normalized item (the job completes the rest).
+--- Any value in it may be null or mistyped: read through the typed readers.
 function P.item(r)
-  if type(r) ~= "table" then
-    return { status = "failed", raw = r,
-             error = errors.new("protocol", "result item is not an object", { provider = "parsetx" }) }
-  end
+  r = N.object(r)
+  if not r then return N.unreadable("parsetx", "result item is not a JSON object") end
   if r.status == "complete" then
+    local name = N.text(r.merchant)
+    if not name then
+      return N.unreadable("parsetx", "complete item without a merchant name", r)
+    end
     return { status = "found", raw = r,
-             merchant = { name = N.value(r.merchant), domain = N.value(r.domain),
-                          category = N.value(r.category), mcc = N.value(r.mcc_code),
-                          subscription = N.value(r.is_subscription), confidence = tonumber(r.confidence) },
-             fields = { source = N.value(r.source) } }
+             merchant = { name = name, domain = N.str(r.domain), category = N.str(r.category),
+                          mcc = code_text(r.mcc_code), subscription = N.bool(r.is_subscription),
+                          confidence = N.num(r.confidence) },
+             fields = { source = N.str(r.source) } }
   elseif r.status == "rejected" then
     return { status = "failed", raw = r,
              error = errors.new("invalid", "transaction rejected by the input gate (not retryable)",
@@ -92,7 +106,7 @@ function P.item(r)
                                 { provider = "parsetx", provider_code = "retry", retryable = true }) }
   end
   return { status = "failed", raw = r,
-           error = errors.new("protocol", "unknown item status '" .. tostring(r.status) .. "'",
+           error = errors.new("protocol", "unknown item status '" .. N.show(r.status) .. "'",
                               { provider = "parsetx", provider_code = N.text(r.status) }) }
 end
 
@@ -103,7 +117,7 @@ local STATES = { queued = false, processing = false, complete = true, failed = t
 function P.state(body)
   if type(body) ~= "table" then return nil, "job answer is not a JSON object" end
   local done = STATES[body.status]
-  if done == nil then return nil, "unknown status '" .. tostring(body.status) .. "'" end
+  if done == nil then return nil, "unknown status '" .. N.show(body.status) .. "'" end
   return done
 end
 
@@ -122,8 +136,13 @@ function P.check(ctx, part)
     return true
   end
   -- Results follow input order; each echoes its input. An echo that does not
-  -- match its position is correlated by text instead.
-  local results = N.array(N.value(body.results))
+  -- match its position is correlated by text instead. results may be null
+  -- (nothing readable); another type cannot be read at all.
+  local results = N.array(body.results)
+  if not results and body.results ~= nil and body.results ~= N.null then
+    part.error = ctx:error("protocol", "complete answer whose results is not an array")
+    return true
+  end
   local by_text = {}
   for k, text in ipairs(part.inputs) do
     local list = by_text[text]
@@ -137,19 +156,23 @@ function P.check(ctx, part)
     for i, x in ipairs(list) do if x == k then table.remove(list, i) break end end
     return k
   end
-  for pos, r in ipairs(results) do
-    local echo = type(r) == "table" and r.input
+  for pos, r in ipairs(results or {}) do
+    local obj = N.object(r)
+    local echo = obj and N.str(obj.input)
     local k
     if part.inputs[pos] and not taken[pos] and (echo == nil or echo == part.inputs[pos]) then
       k = take(pos)
-    elseif type(echo) == "string" and by_text[echo] and by_text[echo][1] then
+    elseif echo and by_text[echo] and by_text[echo][1] then
       k = take(by_text[echo][1])
     end
     if k then
-      part.items[k] = P.item(r)
-      if r.status == "complete" and r.source == BILLED_SOURCE then billed = billed + 1 end
+      local item = P.item(r)
+      part.items[k] = item
+      if item.status == "found" and item.fields.source == BILLED_SOURCE then billed = billed + 1 end
     end
   end
+  -- A final answer leaves nothing unset: what it did not answer is failed.
+  N.settle(part, "parsetx")
   part.credits = billed
   return true
 end
@@ -161,7 +184,7 @@ end
 
 -- {"error": "<message>"}, sometimes with extra fields (the 429 quotas).
 function P.error(c)
-  local b = type(c.json) == "table" and c.json or {}
+  local b = N.object(c.json) or {}
   local msg = N.text(b.error)
   local fields = {}
   if c.status == 429 then

@@ -56,6 +56,12 @@ local function message_of(v)
   return N.text(v)
 end
 
+-- A JSON number as text, integers without the ".0" decoders give them.
+local function num(n)
+  if type(n) == "number" and n == floor(n) and n > -1e15 and n < 1e15 then return format("%d", n) end
+  return N.show(n)
+end
+
 local RUN_STATES = { pending = false, running = false, completed = true, failed = true, cancelled = true }
 
 --- { id = <lead id> } -> { id, slug, kind }; nil and a reason otherwise.
@@ -66,6 +72,8 @@ function P.prepare(input, opts)
   id = N.text(id)
   if not id then return nil, "needs id (a Puffle lead id)" end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
+  local bad = N.check_utf8({ id = id, enrichment = opts.enrichment }, { "id", "enrichment" })
+  if bad then return nil, bad end
   local slug = opts.enrichment
   if slug ~= nil and not N.text(slug) then return nil, "enrichment must be a catalog slug (a string)" end
   slug = N.text(slug) or SLUG[opts.kind or "email"]
@@ -121,18 +129,19 @@ function P.submit(ctx, part)
   local id = N.text(body.enrichmentRunId) or N.text(body.runId)
   if not id then return nil, ctx:error("protocol", "start answer has no enrichmentRunId") end
   part.reused = body.reusedExistingRun == true
-  part.lead_count = body.leadCount
+  part.lead_count = N.count(body.leadCount)
   return id
 end
 
 --- Credits of a run: cost.actual, else cost.preview (see ASSUMPTIONS).
 function P.credits(run)
-  local cost = type(run) == "table" and N.value(run.cost)
-  if type(cost) ~= "table" then return nil end
+  local cost = N.object(run) and N.object(run.cost)
+  if not cost then return nil end
   for _, k in ipairs({ "actual", "preview" }) do
-    local c = N.value(cost[k])
-    if type(c) == "table" and type(c.credits) == "number" then return c.credits end
-    if type(c) == "number" then return c end
+    local c = cost[k]
+    local o = N.object(c)
+    if o and N.count(o.credits) then return o.credits end
+    if N.count(c) then return c end
   end
   return nil
 end
@@ -148,15 +157,17 @@ end
 --- One item of GET …/items -> a normalized item; `kind` is the input's
 --- (email / phone / nil for another contract).
 function P.item(it, kind)
+  it = N.object(it)
+  if not it then return N.unreadable("puffle", "item is not a JSON object") end
   local status = it.status
   if status == "pending" or status == "running" then return { status = "pending", raw = it } end
   if status == "failed" then
     local e = N.value(it.error)
-    local details = type(e) == "table" and N.value(e.details)
+    local details = N.object(e) and N.object(e.details)
     return { status = "failed", raw = it,
              error = errors.new("server", message_of(e) or "item failed", {
                provider = "puffle", retryable = false,
-               provider_code = type(details) == "table" and N.text(details.code) or nil }) }
+               provider_code = details and N.text(details.code) or nil }) }
   end
   if status == "skipped" then
     local reason = N.text(it.skippedReason)
@@ -165,7 +176,9 @@ function P.item(it, kind)
              error = errors.new(code, "skipped" .. (reason and (": " .. reason) or ""),
                                 { provider = "puffle", provider_code = reason, retryable = false }) }
   end
-  if status ~= "completed" then return nil end   -- not a documented status
+  if status ~= "completed" then                 -- not a documented status
+    return N.unreadable("puffle", "unknown item status '" .. N.show(status) .. "'", it)
+  end
   local result = N.value(it.result)
   local fields
   if type(result) == "table" then fields = result elseif result ~= nil then fields = { value = result } end
@@ -186,18 +199,29 @@ function P.item(it, kind)
   return item
 end
 
--- Pages through the run's items (bounded by the part's size) and maps them
--- onto part.items by leadId. `finished` (the run is terminal): an input
--- without any item is failed, not pending.
+-- A lead id as the answer gives it (a string; a number read as its text).
+local function lead_of(it)
+  local id = it.leadId
+  if N.num(id) then return num(id) end
+  return N.str(id)
+end
+
+-- Pages through the run's items and maps them onto part.items by leadId.
+-- Paging follows what Puffle returns, not what was asked: a page may hold
+-- fewer items than `limit` (its default is 50), and the next page starts at
+-- page.nextCursor, else at the last item's id (documented: cursor = last
+-- item id). Bounded: every page but the last must bring items and move the
+-- cursor, and a run of n leads has n items, so n + 2 pages at most.
+-- `finished` (the run is terminal): an input without any item is failed.
 local function read_items(ctx, part, finished)
   local by_lead, n = {}, 0
   for _, input in ipairs(part.inputs) do
     if not by_lead[input.id] then n = n + 1 end
     by_lead[input.id] = true
   end
-  local seen = {}
+  local seen, unreadable = {}, false
   local cursor
-  local max_pages = floor(n / PAGE) + 3          -- bounded: ceil(n / 100) pages, and a margin
+  local max_pages = n + 2
   for page_no = 1, max_pages do
     local res, err = ctx:call {
       path = "/api/enrichment/" .. ctx.escape(part.id) .. "/items",
@@ -205,20 +229,31 @@ local function read_items(ctx, part, finished)
     }
     if not res then return nil, err end
     local body = res.json
-    for _, it in ipairs(N.array(N.value(body.items))) do
-      if type(it) == "table" and by_lead[it.leadId] then
-        local item = P.item(it, part.inputs[1].kind)
-        if not item then
-          return nil, ctx:error("protocol", "unknown item status '" .. tostring(it.status) .. "'")
-        end
-        seen[it.leadId] = item
+    local items = N.array(body.items)
+    if not items and body.items ~= nil and body.items ~= N.null then
+      return nil, ctx:error("protocol", "items answer whose items is not an array", { retryable = false })
+    end
+    local last_id
+    for _, it in ipairs(items or {}) do
+      local obj = N.object(it)
+      local lead = obj and lead_of(obj)
+      if obj then last_id = N.text(obj.id) or last_id end
+      if lead and by_lead[lead] then
+        seen[lead] = P.item(obj, part.inputs[1].kind)
+      elseif not lead then
+        unreadable = true                        -- an item we cannot place: whose is it?
       end
     end
-    local page = type(body.page) == "table" and body.page or {}
-    local next_cursor = N.text(page.nextCursor)
-    if page.hasMore ~= true or not next_cursor or next_cursor == cursor then break end
+    local page = N.object(body.page) or {}
+    if page.hasMore ~= true then break end
+    local next_cursor = N.text(page.nextCursor) or last_id
+    if not next_cursor or next_cursor == cursor or not items or #items == 0 then
+      return nil, ctx:error("protocol", "items page " .. page_no .. " says hasMore but does not move on",
+                            { retryable = false })
+    end
     if page_no == max_pages then
-      return nil, ctx:error("protocol", "items did not end after " .. max_pages .. " pages")
+      return nil, ctx:error("protocol", "items did not end after " .. max_pages .. " pages for "
+                            .. n .. " leads", { retryable = false })
     end
     cursor = next_cursor
   end
@@ -228,6 +263,8 @@ local function read_items(ctx, part, finished)
       local copy = {}
       for f, v in pairs(item) do copy[f] = v end
       part.items[k] = copy
+    elseif finished and unreadable then
+      part.items[k] = N.unreadable("puffle", "no readable item for this lead (the answer had unreadable ones)")
     elseif finished then
       part.items[k] = { status = "failed",
                         error = errors.new("not_found", "puffle reports no item for this lead",
@@ -240,25 +277,30 @@ end
 function P.check(ctx, part)
   local res, err = ctx:call { path = "/api/enrichment/" .. ctx.escape(part.id) }
   if not res then return nil, err end
-  local run = type(res.json.run) == "table" and res.json.run or nil
+  local run = N.object(res.json.run)
   local done = run and RUN_STATES[run.status]
   if done == nil then
-    return nil, ctx:error("protocol", "unknown run status '" .. tostring(run and run.status) .. "'")
+    return nil, ctx:error("protocol", run and ("unknown run status '" .. N.show(run.status) .. "'")
+                                          or "status answer without a run object")
   end
   part.raw = res.json
   part.credits = P.credits(run) or part.credits
   if not done then return false end
   if run.status == "failed" then
     local e = N.value(run.error)
-    local details = type(e) == "table" and N.value(e.details)
+    local details = N.object(e) and N.object(e.details)
     part.error = ctx:error("server", message_of(e) or "puffle reports the run failed",
-      { provider_code = type(details) == "table" and N.text(details.code) or "failed", retryable = false })
+      { provider_code = details and N.text(details.code) or "failed", retryable = false })
     return true
   end
   local ok, ierr = read_items(ctx, part, true)
   if not ok then return nil, ierr end
   if run.status == "cancelled" then
     part.error = ctx:error("cancelled", "puffle reports the run cancelled", { provider_code = "cancelled" })
+  else
+    -- completed: every item reached a terminal state (sheet §4); one the
+    -- answer left unset or still pending cannot be read.
+    N.settle(part, "puffle")
   end
   return true
 end
@@ -269,7 +311,9 @@ function P.cancel(ctx, part)
   local path = "/api/enrichment/" .. ctx.escape(part.id)
   local cancelled = false
   for _ = 1, 2 do                                -- once more after a run_status_changed race
-    local res, err = ctx:call { method = "POST", path = path .. "/cancel", idempotent = true }
+    -- No body needed back: a 2xx, 204 No Content included, is the answer.
+    local res, err = ctx:call { method = "POST", path = path .. "/cancel", idempotent = true,
+                                expect_json = false }
     if res or (err.status == 409 and err.provider_code == "run_not_cancellable") then
       cancelled = true                           -- already terminal counts as done
       break
@@ -279,31 +323,26 @@ function P.cancel(ctx, part)
   if not cancelled then return nil, ctx:error("invalid", "puffle run status kept changing during cancel") end
   -- Credits were charged at dispatch and are not refunded: keep the figure.
   local status = ctx:call { path = path }
-  if status and type(status.json.run) == "table" then
+  local run = status and N.object(status.json.run)
+  if run then
     part.raw = status.json
-    part.credits = P.credits(status.json.run) or part.credits
+    part.credits = P.credits(run) or part.credits
   end
   read_items(ctx, part, false)
   return true
 end
 
--- A JSON number as text, integers without the ".0" decoders give them.
-local function num(n)
-  if type(n) == "number" and n == floor(n) and n > -1e15 and n < 1e15 then return format("%d", n) end
-  return tostring(n)
-end
-
 -- { error }, { reason }, { required, balance }, { message }.
 function P.error(c)
-  local b = type(c.json) == "table" and c.json or {}
+  local b = N.object(c.json) or {}
   local reason = N.text(b.reason)
   local err = message_of(b.error)
   local msg = err or N.text(b.message) or reason
   local fields = {}
-  if type(b.required) == "number" or c.status == 402 then
+  if N.num(b.required) or c.status == 402 then
     fields.code = "credits"
     fields.unprocessed = true                    -- nothing is created when the balance is short
-    if type(b.required) == "number" then
+    if N.num(b.required) then
       msg = (msg and (msg .. ": ") or "") .. "needs " .. num(b.required) .. " credits, balance "
         .. num(N.value(b.balance))
     end

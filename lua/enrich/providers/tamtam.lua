@@ -4,7 +4,7 @@
 local errors = require "enrich.errors"
 local N = require "enrich.normalize"
 
-local type, ipairs, tostring, tonumber = type, ipairs, tostring, tonumber
+local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
 
 -- Once a part is sent the engine drops its inputs (keep_inputs = false):
 -- a row marker only has to name one of the part's `count` positions.
@@ -32,6 +32,9 @@ local CREDITS = { email = 1, phone = 10 }
 -- The raw key, without "Bearer ": the guide is explicit about it.
 function P.auth(key) return { Authorization = key } end
 
+-- The input fields that go to tamtam (custom never does: see below).
+local SENT = { "first_name", "last_name", "full_name", "company", "domain", "linkedin_url" }
+
 --- A person -> one request item; nil and a reason when there is nothing to
 --- look up. custom travels as our own row marker, never the caller's data.
 function P.prepare(input)
@@ -43,6 +46,8 @@ function P.prepare(input)
     return nil, "needs linkedin_url or a name (first_name, last_name or full_name)"
   end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
+  local bad = N.check_utf8(input, SENT)
+  if bad then return nil, bad end
   -- Fields set one by one: a constructor listing absent (nil) fields would
   -- still reserve room for them, in every waiting job. The kind is the
   -- job's (ctx.opts), not each person's.
@@ -65,27 +70,39 @@ function P.submit(ctx, part)
   end
   local res, err = ctx:call { method = "POST", path = "/v2/people/enrich", json = { requests = requests } }
   if not res then return nil, err end
-  local id = res.json.request_id
-  if type(id) ~= "string" or id == "" then
-    return nil, ctx:error("protocol", "submit answer has no request_id")
+  local id = N.str(res.json.request_id)
+  if not id then
+    -- A 2xx: tamtam may well have accepted (and will charge) it. Never resent,
+    -- never retryable: the message says so.
+    return nil, ctx:error("protocol", "submit answer (HTTP " .. res.status .. ") has no request_id: tamtam "
+      .. "may have accepted the request (and charge it); not resent", { status = res.status, retryable = false })
   end
   return id
 end
 
---- One provider result -> a normalized item (fields the job completes).
+--- One provider result (a JSON object) -> a normalized item (fields the
+--- job completes). Every value read through the typed readers: any of
+--- them may be null or of another type.
 function P.item(r, kind)
-  local status, err = r.status, N.text(r.error)
+  local status, err = N.str(r.status), N.message(r.error)
   if status == "FAILED" or err then
     return { status = "failed", raw = r,
              error = errors.new("server", err or "item failed", { provider = "tamtam", retryable = false }) }
   end
-  if status ~= "COMPLETED" then return { status = "pending", raw = r } end
-  local emails, phones = {}, {}
-  for _, e in ipairs(N.array(r.emails)) do
-    if N.text(e.email) then emails[#emails + 1] = { address = e.email, status = N.email_status(e.status) } end
+  if status == "PROCESSING" then return { status = "pending", raw = r } end
+  if status ~= "COMPLETED" then
+    return N.unreadable("tamtam", "unknown item status '" .. N.show(r.status) .. "'", r)
   end
-  for _, p in ipairs(N.array(r.phones)) do
-    if N.text(p.number) then phones[#phones + 1] = { number = p.number, region = N.value(p.region) } end
+  local emails, phones = {}, {}
+  for _, e in ipairs(N.list(r.emails)) do
+    e = N.object(e)
+    local address = e and N.text(e.email)
+    if address then emails[#emails + 1] = { address = address, status = N.email_status(e.status) } end
+  end
+  for _, p in ipairs(N.list(r.phones)) do
+    p = N.object(p)
+    local number = p and N.text(p.number)
+    if number then phones[#phones + 1] = { number = number, region = N.str(p.region) } end
   end
   local email = N.best_email(emails, N.text(r.most_probable_email))
   local phone = phones[1] and phones[1].number
@@ -96,13 +113,21 @@ end
 
 local STATES = { PROCESSING = false, COMPLETED = true, FAILED = true }
 
+-- Our row marker of a result (custom = { row = "k" }), or nil.
+local function row_of(r)
+  local custom = N.object(r.custom)
+  local row = custom and custom.row
+  if type(row) == "string" or type(row) == "number" then return tonumber(row) end
+  return nil
+end
+
 function P.check(ctx, part)
   local res, err = ctx:call { path = "/v2/people/enrich/" .. ctx.escape(part.id) }
   if not res then return nil, err end
   local body = res.json
   local done = STATES[body.status]
   if done == nil then
-    return nil, ctx:error("protocol", "unknown status '" .. tostring(body.status) .. "'")
+    return nil, ctx:error("protocol", "unknown status '" .. N.show(body.status) .. "'")
   end
   part.raw = body
   if not done then return false end
@@ -110,16 +135,35 @@ function P.check(ctx, part)
     part.error = ctx:error("server", "tamtam reports the request failed", { provider_code = "FAILED" })
     return true
   end
+  -- results: an array, or null (documented); anything else cannot be read.
+  local results = N.array(body.results)
+  if not results and body.results ~= nil and body.results ~= N.null then
+    part.error = ctx:error("protocol", "COMPLETED answer whose results is not an array")
+    return true
+  end
   local kind = ctx.opts.kind or "email"
-  local charged = 0
-  for pos, r in ipairs(N.array(N.value(body.results))) do
+  local unreadable = {}
+  for pos, r in ipairs(results or {}) do
+    r = N.object(r)
     -- Correlate by our row marker; fall back to position (sheet §3.2).
-    local k = type(r.custom) == "table" and tonumber(r.custom.row) or pos
+    local k = r and row_of(r) or pos
     if in_part(part, k) then
-      local item = P.item(r, kind)
-      part.items[k] = item
-      if item.status == "found" or item.status == "not_found" then charged = charged + CREDITS[kind] end
+      if r then
+        part.items[k] = P.item(r, kind)
+      else
+        unreadable[k] = true
+      end
     end
+  end
+  for k in pairs(unreadable) do
+    part.items[k] = part.items[k] or N.unreadable("tamtam", "result " .. k .. " is not a JSON object")
+  end
+  -- A final answer leaves nothing unset or pending.
+  N.settle(part, "tamtam")
+  local charged = 0
+  for k = 1, part.count do
+    local status = part.items[k].status
+    if status == "found" or status == "not_found" then charged = charged + CREDITS[kind] end
   end
   part.credits = charged
   return true
@@ -127,10 +171,11 @@ end
 
 -- problem+json (title, detail, errors[]), or the bare 429 {"Message": ...}.
 function P.error(c)
-  local b = type(c.json) == "table" and c.json or {}
+  local b = N.object(c.json) or {}
   local msg = N.text(b.detail) or N.text(b.title) or N.text(b.Message)
-  local first = type(b.errors) == "table" and b.errors[1]
-  if type(first) == "table" and N.text(first.message) then
+  local list = N.array(b.errors)
+  local first = list and N.object(list[1])
+  if first and N.text(first.message) then
     msg = (msg and (msg .. ": ") or "") .. first.message
   end
   local fields = {}

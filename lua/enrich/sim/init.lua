@@ -455,7 +455,9 @@ function sim_mt:handle_provider(name, req)
 
   local f = self:take_fault(name, req)
   local res
-  if f and not f.after then
+  -- A latency fault always carries the provider's own answer, only later
+  -- (with after = false it used to answer an empty 200 instead).
+  if f and not f.after and f.type ~= "latency" then
     res = self:apply_fault(f, mod, req, {})
   else
     if route then

@@ -56,6 +56,8 @@ local _M = {
   DEFAULTS = {
     credits = 100000,  -- workspace balance
     lists = {},        -- listId -> array of lead ids, for { type = "list" } scopes
+    page_max = false,  -- a number: serve at most that many items a page, whatever
+                       -- `limit` asked (a provider that keeps to its default)
   },
   ROUTES = {
     { "GET", "^/api/enrichments$", "GET /api/enrichments", "catalog" },
@@ -341,6 +343,8 @@ function _M:items(req, key, caps)
       return err(400, "limit must be an integer between 1 and " .. MAX_LIMIT)
     end
   end
+  local page_max = tonumber(self.sim:cfg(self.name).page_max)
+  if page_max and page_max >= 1 and page_max < limit then limit = floor(page_max) end
   self:refresh(job, false)
   local cursor = type(a.cursor) == "string" and a.cursor ~= "" and a.cursor or nil
   local page, more = {}, false
