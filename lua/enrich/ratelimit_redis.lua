@@ -107,8 +107,10 @@ function _M.attach(client, via, opts)
   local rate = opts.per_second or own.rate
   if not rate then return nil, "the client has no rate limit to share: give per_second" end
   if type(opts.key) ~= "string" then error("ratelimit_redis.attach: opts.key (the client's API key) is required", 2) end
+  -- The client's rate is used as given: the engine already keeps its
+  -- margin under a documented default (enrich.ratelimit.MARGIN).
   local b = _M.new(r, client.spec.name, opts.key, rate, opts.burst or 1,
-                   { margin = opts.margin, ns = opts.ns or via.ns })
+                   { margin = opts.margin or (opts.per_second and nil) or 1, ns = opts.ns or via.ns })
   client.shared.bucket = b
   return b
 end

@@ -63,7 +63,7 @@ describe("enrich.ratelimit_redis", function()
       local r = assert(redis.connect(sched, server.url))
       local b = assert(shared.attach(c, r, { key = "SECRET-KEY-3" }))
       assert.equals(b, c.shared.bucket)
-      assert.equals(9, b.rate)                   -- tamtam's 10/s with the 0.9 margin
+      assert.equals(9, b.rate)                   -- tamtam's 10/s with the engine's 0.9 margin, as given
       local c2 = assert(enrich_client.new(sched, "tamtam",
         { api_key = "SECRET-KEY-3", base_url = "http://127.0.0.1:9" }))
       assert.equals(b, c2.shared.bucket)

@@ -366,7 +366,10 @@ local function snapshot_from(h)
         local intent = decode(value)
         sp.intent = true
         if type(intent) == "table" then
-          if sp.inputs == nil then sp.inputs = intent.inputs end
+          -- The inputs only where a resend may need them (no provider id):
+          -- a part with an id is polled, and a coalesced member that has
+          -- inputs is read by content, not by its offset in the request.
+          if sp.inputs == nil and not (sp.id or h["pid:" .. k]) then sp.inputs = intent.inputs end
           if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
           if sp.count == nil then sp.count = intent.count end
           if sp.uid == nil then sp.uid = intent.uid end
