@@ -7,6 +7,7 @@ PKG_5.4     := lua5.4
 PKG_luajit  := luajit
 CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   := $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
+HIREDIS_LIBS := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 CSV_LIBS    := -lcsv
 SQLITE_CFLAGS := $(shell pkg-config --cflags sqlite3 2>/dev/null)
 SQLITE_LIBS := $(shell pkg-config --libs sqlite3 2>/dev/null || echo -lsqlite3)
@@ -32,13 +33,13 @@ build: $(foreach t,$(LUA_TARGETS),build/$(t)/enrich/core.so)
 build/%/enrich/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(PKG_$*)) -shared \
-	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(CSV_LIBS)
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(CSV_LIBS) $(HIREDIS_LIBS)
 
 # The portable (non-epoll) loop is compiled here so it keeps building.
 build/noepoll/enrich/core.so: $(SOURCES) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DEC_NO_EPOLL $(shell pkg-config --cflags lua5.4) -shared \
-	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(CSV_LIBS)
+	  -o $@ $(SOURCES) $(CURL_LIBS) $(SQLITE_LIBS) $(CSV_LIBS) $(HIREDIS_LIBS)
 
 lint: build build/noepoll/enrich/core.so
 	lua5.4 scripts/check-rockspec.lua $(ROCKSPEC)

@@ -47,16 +47,17 @@ external_dependencies = {
   CURL = { library = "curl" },
   SQLITE = { library = "sqlite3" },
   CSV = { library = "csv" },                                  -- libcsv (Debian libcsv-dev)
+  HIREDIS = { library = "hiredis" },                          -- hiredis (Debian libhiredis-dev)
 }
 build = {
   type = "builtin",
   modules = {
     ["enrich.core"] = {
-      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/result.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/xfer.c" },
+      sources = { "csrc/buf.c", "csrc/cli.c", "csrc/core.c", "csrc/csv.c", "csrc/loop.c", "csrc/redis.c", "csrc/result.c", "csrc/sha256.c", "csrc/sqlite.c", "csrc/thread.c", "csrc/watch.c", "csrc/xfer.c" },
       defines = { "_POSIX_C_SOURCE=200809L" },
-      libraries = { "curl", "sqlite3", "csv", "pthread" },
-      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)" },
+      libraries = { "curl", "sqlite3", "csv", "pthread", "hiredis" },
+      incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)", "$(CSV_INCDIR)", "$(HIREDIS_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)", "$(CSV_LIBDIR)", "$(HIREDIS_LIBDIR)" },
     },
     ["enrich.cli.answers"] = "lua/enrich/cli/answers.lua",
     ["enrich.cli.args"] = "lua/enrich/cli/args.lua",
@@ -66,6 +67,7 @@ build = {
     ["enrich.cli.progress"] = "lua/enrich/cli/progress.lua",
     ["enrich.cli.records"] = "lua/enrich/cli/records.lua",
     ["enrich.cli.run"] = "lua/enrich/cli/run.lua",
+    ["enrich.cli.scaleout"] = "lua/enrich/cli/scaleout.lua",
     ["enrich.cli.state"] = "lua/enrich/cli/state.lua",
     ["enrich.cli.waterfall"] = "lua/enrich/cli/waterfall.lua",
     ["enrich.client"] = "lua/enrich/client.lua",
@@ -85,6 +87,12 @@ build = {
     ["enrich.providers.puffle"] = "lua/enrich/providers/puffle.lua",
     ["enrich.providers.tamtam"] = "lua/enrich/providers/tamtam.lua",
     ["enrich.ratelimit"] = "lua/enrich/ratelimit.lua",
+    ["enrich.redis"] = "lua/enrich/redis.lua",
+    ["enrich.ratelimit_redis"] = "lua/enrich/ratelimit_redis.lua",
+    ["enrich.scaleout"] = "lua/enrich/scaleout.lua",
+    ["enrich.store"] = "lua/enrich/store/init.lua",
+    ["enrich.store.redis"] = "lua/enrich/store/redis.lua",
+    ["enrich.store.sqlite"] = "lua/enrich/store/sqlite.lua",
     ["enrich.ratelimit_shared"] = "lua/enrich/ratelimit_shared.lua",
     ["enrich.request"] = "lua/enrich/request.lua",
     ["enrich.resume"] = "lua/enrich/resume.lua",
@@ -100,8 +108,6 @@ build = {
     ["enrich.sim.puffle"] = "lua/enrich/sim/puffle.lua",
     ["enrich.sim.tamtam"] = "lua/enrich/sim/tamtam.lua",
     ["enrich.sim.util"] = "lua/enrich/sim/util.lua",
-    ["enrich.store"] = "lua/enrich/store/init.lua",
-    ["enrich.store.sqlite"] = "lua/enrich/store/sqlite.lua",
     ["enrich.testing"] = "lua/enrich/testing.lua",
   },
   install = {

@@ -49,6 +49,7 @@ static int eng_close(lua_State *L) {
     e->ref = LUA_NOREF;
     return 0;
   }
+  ec_redis_detach(e);                      /* Redis connections close; their records go */
   ec_io_stop(e);                           /* first: the thread uses the multi handle */
   ec_list *lists[2] = { &e->active, &e->done };
   for (int i = 0; i < 2; i++)
@@ -150,6 +151,7 @@ static int eng_poll(lua_State *L) {
   luaL_argcheck(L, max >= 0, 3, "max must be >= 0 (0: no limit)");
   lua_Number work = luaL_optnumber(L, 4, -1);
   luaL_argcheck(L, lua_isnoneornil(L, 4) || work >= 0, 4, "work must be >= 0 seconds");
+  if (e->wdone > 0) timeout = 0;           /* Redis replies wait already */
   if (e->io) ec_io_collect(e, timeout);
   else ec_loop_run(e, ec_now() + timeout, max > 64 ? 64 : (int)max, work >= 0 ? work : -1);
 
@@ -170,6 +172,7 @@ static int eng_poll(lua_State *L) {
     ec_xfer_free(e, x);
     e->live--;
   }
+  if (e->wdone > 0) ec_redis_deliver(L, e, tidx + 2, n, max);
   return 1;
 }
 
@@ -193,6 +196,7 @@ static int eng_pending(lua_State *L) {
 static int eng_timeout(lua_State *L) {
   ec_engine *e = check_engine(L, 1);
   double t = e->io ? ec_io_timeout(e) : ec_loop_timeout(e);
+  if (e->wdone > 0) t = 0;                 /* Redis replies wait for poll */
   if (t < 0) lua_pushnil(L);
   else lua_pushnumber(L, t);
   return 1;
@@ -391,6 +395,7 @@ static const luaL_Reg ENGINE_METHODS[] = {
   { "pending", eng_pending },
   { "timeout", eng_timeout },
   { "fd", eng_fd },
+  { "redis", ec_redis_connect },
   { "close", eng_close },
   { NULL, NULL }
 };
@@ -413,6 +418,7 @@ static const luaL_Reg CORE_FUNCS[] = {
   { "now", core_now },
   { "getpid", core_getpid },
   { "versions", core_versions },
+  { "sha256", ec_sha256 },
   { NULL, NULL }
 };
 
@@ -430,6 +436,7 @@ int luaopen_enrich_core(lua_State *L) {
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+  ec_redis_open(L);
 
   lua_newtable(L);
   ec_setfuncs(L, CORE_FUNCS);

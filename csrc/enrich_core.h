@@ -68,6 +68,19 @@ typedef struct ec_list {
   size_t n;
 } ec_list;
 
+/* A descriptor the engine's wait watches besides libcurl's (redis.c: a
+ * Redis connection), so poll wakes when it is ready. `ready` is C only and
+ * never runs Lua: it fills C-owned records that poll hands over later. */
+enum { EC_WATCH_READ = 1, EC_WATCH_WRITE = 2 };
+typedef struct ec_watch {
+  int fd;
+  int events;               /* EC_WATCH_*: what is wanted now */
+  int in_set;               /* registered in the epoll set */
+  void (*ready)(struct ec_watch *w, int events);
+  struct ec_watch *prev, *next;
+} ec_watch;
+typedef struct ec_rd ec_rd;  /* redis.c's per-engine state */
+
 /* Per-engine settings: never global, so engines side by side stay apart. */
 typedef struct ec_settings {
   long timeout_ms, connect_timeout_ms;
@@ -95,6 +108,9 @@ struct ec_engine {
                                child) it refuses work and never calls libcurl */
   int busy;                 /* inside its own JSON decoder: methods refuse */
   ec_settings set;
+  ec_watch *watches;        /* extra descriptors (redis.c), or NULL */
+  size_t wdone;             /* their records waiting for poll */
+  ec_rd *rd;                /* redis.c's state, or NULL */
 };
 
 /* list.c-free helpers live in xfer.c */
@@ -122,6 +138,24 @@ void ec_loop_close(ec_engine *e);
 void ec_loop_run(ec_engine *e, double deadline, int max_events, double work);
 double ec_loop_timeout(ec_engine *e);       /* seconds, or -1: nothing scheduled */
 int  ec_loop_fd(const ec_engine *e);        /* pollable fd, or -1 */
+
+/* watch.c: extra descriptors in the engine's wait (see ec_watch). */
+void ec_watch_add(ec_engine *e, ec_watch *w);
+void ec_watch_set(ec_engine *e, ec_watch *w, int events);  /* EC_WATCH_* wanted */
+void ec_watch_remove(ec_engine *e, ec_watch *w);
+int  ec_watch_fire(ec_engine *e, int fd, int events);  /* 0: not a watched fd */
+/* Polls the watches (and `extra`, if >= 0: a descriptor to read) for at
+ * most `ms`, fires the ready ones; returns 1 if `extra` turned readable. */
+int  ec_watch_poll(ec_engine *e, int extra, int ms);
+
+/* redis.c: Redis connections on the engine's loop. */
+void ec_redis_open(lua_State *L);           /* the connection type's metatable */
+int  ec_redis_connect(lua_State *L);        /* engine:redis(opts) */
+void ec_redis_detach(ec_engine *e);         /* at engine close: every connection closes */
+int  ec_redis_deliver(lua_State *L, ec_engine *e, int arr, int n, lua_Integer max);
+
+/* sha256.c: core.sha256(s) -> hex */
+int  ec_sha256(lua_State *L);
 
 /* thread.c: an engine whose transfers run on their own thread (io_thread):
  * submit hands a built transfer over, poll collects finished ones. */

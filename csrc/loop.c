@@ -106,7 +106,7 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
       e->timer_at = -1;
       curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
       ec_loop_drain(e, &e->done);
-      if (e->done.n > 0) return;
+      if (e->done.n > 0 || e->wdone > 0) return;
     }
     /* Completions already waiting (a bounded poll or a cancel left them):
      * one non-blocking pass, then hand them over. */
@@ -120,10 +120,14 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
       if (evs[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
       if (evs[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
       if (evs[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+      /* A watch (a Redis connection, watch.c) shares the set. */
+      if (e->watches && ec_watch_fire(e, evs[i].data.fd,
+            ((flags & (CURL_CSELECT_IN | CURL_CSELECT_ERR)) ? EC_WATCH_READ : 0) |
+            ((flags & CURL_CSELECT_OUT) ? EC_WATCH_WRITE : 0))) continue;
       curl_multi_socket_action(e->multi, evs[i].data.fd, flags, &running);
     }
     ec_loop_drain(e, &e->done);
-    if (e->done.n > 0 || ec_now() >= deadline) return;
+    if (e->done.n > 0 || e->wdone > 0 || ec_now() >= deadline) return;
   }
 }
 
@@ -141,16 +145,31 @@ void ec_loop_close(ec_engine *e) { (void)e; }
 int ec_loop_fd(const ec_engine *e) { (void)e; return -1; }
 
 static void wait_for(ec_engine *e, int ms) {
+  /* The watches (watch.c: Redis connections) wait with libcurl's sockets. */
+  struct curl_waitfd extra[16];
+  unsigned nx = 0;
+  for (ec_watch *w = e->watches; w && nx < 16; w = w->next) {
+    if (!w->events || w->fd < 0) continue;
+    extra[nx].fd = w->fd;
+    extra[nx].events = (short)(((w->events & EC_WATCH_READ) ? CURL_WAIT_POLLIN : 0) |
+                               ((w->events & EC_WATCH_WRITE) ? CURL_WAIT_POLLOUT : 0));
+    extra[nx++].revents = 0;
+  }
 #if EC_CURL_AT_LEAST(0x074200)
-  curl_multi_poll(e->multi, NULL, 0, ms, NULL);
+  curl_multi_poll(e->multi, extra, nx, ms, NULL);
 #else
   int fds = 0;
-  curl_multi_wait(e->multi, NULL, 0, ms, &fds);
-  if (fds == 0) {  /* old curl_multi_wait returns at once with nothing to watch */
+  curl_multi_wait(e->multi, extra, nx, ms, &fds);
+  if (fds == 0 && nx == 0) {  /* old curl_multi_wait returns at once with nothing to watch */
     struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
   }
 #endif
+  for (unsigned i = 0; i < nx; i++)
+    if (extra[i].revents)
+      ec_watch_fire(e, extra[i].fd,
+                    ((extra[i].revents & (CURL_WAIT_POLLIN | CURL_WAIT_POLLPRI)) ? EC_WATCH_READ : 0) |
+                    ((extra[i].revents & CURL_WAIT_POLLOUT) ? EC_WATCH_WRITE : 0));
 }
 
 void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
@@ -159,9 +178,12 @@ void ec_loop_run(ec_engine *e, double deadline, int max_events, double work) {
     int running;
     curl_multi_perform(e->multi, &running);
     ec_loop_drain(e, &e->done);
-    if (e->done.n > 0) return;
+    if (e->done.n > 0 || e->wdone > 0) return;
     double left = deadline - ec_now();
-    if (left <= 0) return;
+    if (left <= 0) {
+      if (e->watches) wait_for(e, 0);   /* poll(0) still services a watch */
+      return;
+    }
     wait_for(e, ec_to_ms(left));
   }
 }

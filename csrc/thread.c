@@ -254,7 +254,17 @@ int ec_io_cancel(ec_engine *e, ec_xfer *x) {
 void ec_io_collect(ec_engine *e, double timeout) {
   ec_io *io = e->io;
   ec_io_flush(e);
-  if (timeout > 0 && e->done.n == 0) {
+  if (e->watches) {                 /* a Redis connection waits with the pipe */
+    double until = ec_now() + timeout;
+    int ms = 0;
+    for (int i = 0; i < 64; i++) {
+      pthread_mutex_lock(&io->lock);
+      int empty = io->outbox.n == 0;
+      pthread_mutex_unlock(&io->lock);
+      ms = (empty && e->done.n == 0 && e->wdone == 0) ? ec_to_ms(until - ec_now()) : 0;
+      if (ec_watch_poll(e, io->pipe[0], ms) || ms == 0 || e->wdone > 0) break;
+    }
+  } else if (timeout > 0 && e->done.n == 0) {
     pthread_mutex_lock(&io->lock);
     int empty = io->outbox.n == 0;
     pthread_mutex_unlock(&io->lock);

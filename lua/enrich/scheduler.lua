@@ -285,7 +285,10 @@ function S:deliver(done)
   for i = 1, #done do
     local c = done[i]
     local task = self.waiting[c.id]
-    if task then                         -- parked in transfer(): its token is still the current one
+    if type(task) == "function" then     -- a callback waiter (enrich.redis): no slot, no wake; never yields
+      self.waiting[c.id] = nil
+      task(c)
+    elseif task then                     -- parked in transfer(): its token is still the current one
       self.waiting[c.id] = nil
       if task.slot then give_slot(self, task.slot, task) end   -- (gone if the task was abandoned)
       self:wake(task, task.token, c)

@@ -38,7 +38,8 @@ INPUTS["tamtam-coalesced"] = INPUTS.tamtam
 -- request per part, so it runs uncoalesced but for its coalesced case.
 local COALESCE = { tamtam = false, ["tamtam-multi"] = false, ["tamtam-coalesced"] = { window = 0.05 } }
 
-local store = assert(estore.open("sqlite:" .. db))
+-- DB: a file for SQLite, or a redis:// URL (spec/store/redis_crash_spec.lua).
+local store = assert(estore.open(db:match("^redis://") and db or ("sqlite:" .. db)))
 local client = assert(enrich.client(provider, {
   api_key = "crash-spec-key", base_url = sim .. "/" .. provider, store = store,
   poll = { interval = 0.02, factor = 1, max_interval = 0.05, jitter = 0, deadline = 20 },

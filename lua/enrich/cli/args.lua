@@ -20,6 +20,10 @@ Options of `enrich run`:
   --dry-run             send nothing, write nothing; print what it would cost
   --poll-interval S     first poll after S seconds (default: the provider's)
   --force               accept a changed input file; keep answers paid for
+  --run NAME            with --store redis://…: share this run with every
+                        process started with the same NAME (scale-out)
+  --lease S             seconds a worker holds rows it took (default 30)
+  --chunk N             rows a worker takes at a time (default 100)
 Keys: ENRICH_<PROVIDER>_API_KEY; base URLs: ENRICH_<PROVIDER>_BASE_URL.]]
 
 local function build()
@@ -48,6 +52,12 @@ local function build()
   run:option("--poll-interval", "First poll after S seconds (default: the provider's advice).")
     :argname("S")
   run:flag("--force", "Accept a changed input file; answers already paid for are kept.")
+  run:option("--run", "With --store redis://: share this run with every worker of the same NAME.")
+    :argname("NAME")
+  run:option("--lease", "Seconds a worker holds rows it took before another may take them (default 30).")
+    :argname("S")
+  run:option("--chunk", "With --run: rows a worker takes at a time (default 100).")
+    :argname("N")
   return p
 end
 
@@ -100,7 +110,31 @@ function _M.parse(argv)
   if o.store and not (o.store:match("^sqlite:.") or o.store:match("^redis://")) then
     return nil, "--store: expected sqlite:PATH or redis://HOST:PORT/DB"
   end
+  local lease
+  if o.run then
+    if not (o.store and o.store:match("^redis://")) then return nil, "--run: needs --store redis://HOST:PORT/DB" end
+    if not o.run:match("^[%w%._%-]+$") then return nil, "--run: letters, digits, '.', '_' and '-' only" end
+  end
+  if o.lease then
+    lease = tonumber(o.lease)
+    if not o.run then return nil, "--lease: only with --run" end
+    if not lease or lease <= 0 or lease > 86400 then
+      return nil, "--lease: expected seconds > 0, got '" .. o.lease .. "'"
+    end
+  end
+  local chunk
+  if o.chunk then
+    chunk = tonumber(o.chunk)
+    if not o.run then return nil, "--chunk: only with --run" end
+    if not chunk or chunk < 1 or chunk ~= math.floor(chunk) then
+      return nil, "--chunk: expected a whole number of rows >= 1, got '" .. o.chunk .. "'"
+    end
+  end
+  if o.store and o.store:match("^redis://") and not o.run then
+    return nil, "--store redis://: give the run a name with --run NAME"
+  end
   return {
+    run = o.run, lease = lease, chunk = chunk,
     command = "run", providers = names, kind = o.kind, input = o.input, output = o.output,
     budget = budget, store = o.store or ("sqlite:" .. o.output .. ".state.db"),
     in_format = in_format, out_format = o.format or in_format,

@@ -79,6 +79,10 @@ local function run(argv, out, err)
   if not data then usage(rerr) end
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
+  if o.run and not o.dry_run then            -- scale-out: the rows are shared through Redis
+    return require("enrich.cli.scaleout").run(o, data, recs, out, err,
+      { usage = usage, make_clients = make_clients, exit_code = exit_code })
+  end
   local groups, _, row_keys = dedupe.group(recs)
   if not o.dry_run then                     -- keys are checked before the store is touched
     for _, name in ipairs(o.providers) do

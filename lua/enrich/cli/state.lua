@@ -52,6 +52,11 @@ function _M.open(url, opts)
   return self
 end
 
+--- A state over a store opened already (a scale-out run's, enrich.scaleout).
+function _M.wrap(store, url)
+  return setmetatable({ url = url, recorded = setmetatable({}, { __mode = "k" }), store = store, journal = true }, S)
+end
+
 function S:meta_get(k) return self.store:meta_get(k) end
 function S:meta_put(k, v)
   local ok, err = self.store:meta_put(k, v)

@@ -202,6 +202,7 @@ function W:stage(name, stage_is_last)
         self.budget:settle(reserved, 0, name)
         self:fail_items(items, name, type(err) == "table" and err.code or "invalid", stage_is_last)
       else
+        if self.on_job then self.on_job(job) end   -- scale-out: the job joins its chunk
         inflight = inflight + 1
         self.stats.submits = self.stats.submits + 1
         self.stats.requests = self.stats.requests + 1

@@ -1,0 +1,88 @@
+-- `enrich run --store redis://… --run NAME [--lease S]`: this process is one
+-- worker of a run shared through Redis (enrich.scaleout). Every worker reads
+-- the same input file; the rows are cut into chunks, each taken under a
+-- lease and run through the waterfall here; a chunk whose worker died is
+-- taken over once its lease has run out, and the jobs that worker had sent
+-- are brought back (polled, or read) instead of being sent again. Once
+-- every chunk is answered, every worker still alive writes the whole run's
+-- output to its own --out.
+--
+-- Per worker (not shared): --budget (each worker spends at most N), the
+-- dedupe of rows within a chunk (the answer cache in Redis is shared, so a
+-- person answered in one chunk is not paid again in a chunk started
+-- after), and the progress line.
+local core = require "enrich.core"
+local enrich = require "enrich"
+local budget = require "enrich.cli.budget"
+local csvio = require "enrich.cli.csvio"
+local dedupe = require "enrich.cli.dedupe"
+local state_mod = require "enrich.cli.state"
+local waterfall = require "enrich.cli.waterfall"
+local scaleout = require "enrich.scaleout"
+local shared_rate = require "enrich.ratelimit_redis"
+
+local ipairs, pairs, tostring, getenv = ipairs, pairs, tostring, os.getenv
+
+local _M = { _VERSION = "0.1.0" }
+
+_M.CHUNK = 100          -- rows per chunk
+_M.PARALLEL = 4         -- chunks one worker runs at once
+
+function _M.run(o, data, recs, _, err, h)
+  local run, oerr = scaleout.open(o.store, o.run, { lease = o.lease })
+  if not run then h.usage(o.store .. ": " .. tostring(oerr)) end
+  local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
+  local info, lerr = run:load(#recs, fingerprint, o.chunk or _M.CHUNK)
+  if not info then
+    run:close()
+    if lerr.reason == "changed" then
+      h.usage("run '" .. o.run .. "' was started with another input file, providers or kind")
+    end
+    h.usage(o.store .. ": " .. tostring(lerr))
+  end
+  local st = state_mod.wrap(run.store, o.store)
+  st.run = fingerprint
+  local clients = h.make_clients(o, st:client_store())
+  -- The provider's rate per key is shared by every worker (hashed key).
+  for name, c in pairs(clients) do
+    shared_rate.attach(c, run.store, { key = getenv("ENRICH_" .. name:upper() .. "_API_KEY") })
+  end
+  local b = budget.new(o.budget)
+  local failure
+  enrich.run(function()
+    local ok, werr = run:work(function(chunk)
+      local revived, rerr = run:revive_all(chunk, clients)
+      if not revived then return nil, rerr end
+      local sub = {}
+      for r = chunk.first, chunk.last do sub[#sub + 1] = recs[r] end
+      local groups, _, row_keys = dedupe.group(sub)
+      local w = waterfall.new {
+        recs = sub, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
+        budget = b, run_id = st.run, fresh_store = false, clients = clients, journaled = true,
+        interrupted = function() return false end,
+        on_job = function(job) run:link(chunk, job) end,
+      }
+      -- Jobs a dead worker sent for these rows: their answers reach the
+      -- cache, and the waterfall finds them there (nothing sent again).
+      w:finish_resumed(revived)
+      w:run()
+      local answers = {}
+      for i, outcome in ipairs(w:outcomes()) do answers[chunk.first + i - 1] = outcome end
+      return answers
+    end, { parallel = _M.PARALLEL })
+    if not ok then failure = werr end
+  end)
+  if failure then run:close(); h.usage(o.store .. ": run '" .. o.run .. "': " .. tostring(failure)) end
+  local all, aerr = run:answers()
+  if not all then run:close(); h.usage(o.store .. ": " .. tostring(aerr)) end
+  local outcomes = {}
+  for r = 1, #recs do outcomes[r] = all[r] or { status = "unknown", error = "unknown", credits = 0 } end
+  local wok, werr = csvio.write(o.output, o.out_format, data, outcomes)
+  err:write(("enrich: run %s: %d rows; this worker answered %d of %d chunks (%d taken over)\n")
+    :format(o.run, #recs, run.done_here, info.chunks, run.taken_over))
+  run:close()
+  if not wok then h.usage(o.output .. ": " .. werr) end
+  return h.exit_code(outcomes)
+end
+
+return _M

@@ -1,0 +1,91 @@
+-- `enrich run --store redis://… --run NAME`: worker processes of the command
+-- share one run through a real redis-server, against the simulator (its
+-- rate limit on); one is killed mid-run.
+local helper = require "helper"
+local support = require "cli.support"
+local redis_server = require "support.redis"
+
+local q = helper.shell_quote
+
+-- Starts bin/enrich in the background; :wait() -> exit code, stderr.
+local function start(sim, argv, env)
+  local e = { "env", "ENRICH_TAMTAM_API_KEY=" .. support.KEY, "ENRICH_TAMTAM_BASE_URL=" .. sim.url .. "/tamtam" }
+  for k, v in pairs(env or {}) do e[#e + 1] = k .. "=" .. v end
+  local cmd = table.concat(e, " ") .. " lua5.4 bin/enrich"
+  for _, a in ipairs(argv) do cmd = cmd .. " " .. q(a) end
+  local log = os.tmpname()
+  os.execute("(" .. cmd .. " >/dev/null 2>" .. q(log) .. "; echo \"exit $?\" >>" .. q(log) .. ") &")
+  return { wait = function()
+    for _ = 1, 3600 do
+      local text = support.read(log) or ""
+      local code = text:match("exit (%d+)")
+      if code then os.remove(log) return tonumber(code), text end
+      require("socket").sleep(0.05)
+    end
+    error("enrich did not finish: " .. log)
+  end }
+end
+
+describe("enrich run --run (scale-out on Redis)", function()
+  local sim, server
+  setup(function()
+    sim = support.start()
+    server = redis_server.start()
+  end)
+  teardown(function()
+    if sim then sim:stop() end
+    if server then server:close() end
+    support.cleanup()
+  end)
+
+  it("refuses --run without a Redis store, and a Redis store without --run", function()
+    local input = support.write("few.csv", "first_name,last_name,domain\nAda,Byron,example.com\n")
+    local code, _, err = support.run(sim, { "run", "--provider", "tamtam", "--in", input,
+                                            "--out", support.path("o.csv"), "--run", "x" })
+    assert.equal(2, code)
+    assert.truthy(err:find("needs --store redis://", 1, true), err)
+    code, _, err = support.run(sim, { "run", "--provider", "tamtam", "--in", input,
+                                      "--out", support.path("o.csv"), "--store", server.url })
+    assert.equal(2, code)
+    assert.truthy(err:find("--run NAME", 1, true), err)
+  end)
+
+  it("three workers, one killed: every row answered once in each live worker's output, nothing sent twice", function()
+    support.reset(sim)
+    local lines = { "first_name,last_name,domain,row" }
+    local N = 250
+    for i = 1, N do lines[#lines + 1] = ("Ada%d,Byron,example.com,%d"):format(i, i) end
+    local input = support.write("people.csv", table.concat(lines, "\n") .. "\n")
+    local ws = {}
+    for i = 1, 3 do
+      ws[i] = start(sim, { "run", "--provider", "tamtam", "--in", input, "--out", support.path("out" .. i .. ".csv"),
+                           "--store", server.url, "--run", "cli250", "--lease", "1", "--chunk", "10",
+                           "--poll-interval", "0.05" },
+                    i == 2 and { ENRICH_CRASH_AT = "id_committed:1" } or nil)
+    end
+    local codes, texts = {}, {}
+    for i = 1, 3 do codes[i], texts[i] = ws[i]:wait() end
+    assert.equal(137, codes[2], texts[2])
+    for _, i in ipairs({ 1, 3 }) do
+      assert.equal(0, codes[i], texts[i])
+      local rows = support.csv(support.path("out" .. i .. ".csv"))
+      assert.equal(N, #rows)
+      for r = 1, N do
+        assert.equal(tostring(r), rows[r].row)
+        assert.equal("found", rows[r].enrich_status)
+        assert.equal("ada" .. r .. ".byron@example.com", rows[r].enrich_email)
+      end
+    end
+    local taken = 0
+    for _, i in ipairs({ 1, 3 }) do taken = taken + tonumber(texts[i]:match("%((%d+) taken over%)")) end
+    assert.is_true(taken >= 1, "the killed worker's chunk was not taken over")
+    local stats = support.stats(sim, "tamtam")
+    local inputs = 0
+    for key, times in pairs(stats.inputs) do
+      assert.equal(1, times, key)
+      inputs = inputs + 1
+    end
+    assert.equal(N, inputs)
+    assert.is_nil(stats.responses["429"])
+  end)
+end)
