@@ -426,6 +426,28 @@ describe("coalescing", function()
     assert.equal("3", job.results[1].custom.row)
   end)
 
+  it("a resumed tamtam member reads its slice by position even when its snapshot carries inputs", function()
+    -- A store may hand back the intent's inputs with a part (the prepared
+    -- person): tamtam's answers follow the shared request's order, so the
+    -- member must still be read at its offset, not from the request's start.
+    support.configure(sim, { tamtam = { polls = 3 } })
+    local c = support.fast_rate_client(sim, "tamtam")
+    local snap, prepared
+    enrich.run(function()
+      local jobs = {}
+      for i = 1, 4 do jobs[i] = assert(c:submit({ person("N" .. i, "Resumed", tostring(i)) })) end
+      for _ = 1, 200 do if jobs[3].state == "running" then break end enrich.sleep(0.005) end
+      snap = require("cjson").decode(require("cjson").encode(jobs[3]:snapshot()))
+      prepared = c.spec.prepare(person("N3", "Resumed", "3"), { kind = "email" })
+      for i = 1, 4 do jobs[i]:cancel() end
+    end)
+    snap.parts[1].inputs = { require("cjson").decode(require("cjson").encode(prepared)) }
+    local job = enrich.job_from_snapshot(support.fast_rate_client(sim, "tamtam", { api_key = "spec-key-3" }), snap)
+    assert(job:wait(20))
+    assert.equal("succeeded", job.state)
+    assert.matches("^n3%.", job.results[1].email)
+  end)
+
   it("a resumed instaview member (its inputs kept) reads its own profiles and a share of the credits", function()
     support.configure(sim, { instaview = { polls = 3 } })
     local c = support.fast_rate_client(sim, "instaview")

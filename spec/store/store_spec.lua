@@ -73,6 +73,9 @@ describe("enrich.store (sqlite)", function()
         assert.equal(1, #open)
         assert.is_true(open[1].parts[1].intent)
         assert.is_nil(open[1].parts[2].intent)
+        -- A part with a provider id is polled by it: the intent's inputs
+        -- stay out (a coalesced member is read by its offset, not by them).
+        assert.is_nil(open[1].parts[1].inputs)
         job.state, job.results = "succeeded", { { status = "found" } }
         s:finished(job)
       end, { thread = threaded })

@@ -499,7 +499,10 @@ local function assemble(db, r)
     end
     if p[3] and sp.id == nil then sp.id = p[3] end
     if type(intent) == "table" then
-      if sp.inputs == nil then sp.inputs = intent.inputs end
+      -- The inputs only where a resend may need them (no provider id): a
+      -- part with an id is polled by it (a provider that reads its inputs
+      -- in check has them in the snapshot).
+      if sp.inputs == nil and sp.id == nil then sp.inputs = intent.inputs end
       if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
       if sp.count == nil then sp.count = intent.count end
       if sp.uid == nil then sp.uid = intent.uid end
