@@ -195,6 +195,22 @@ describe("enrich run", function()
     assert.equal('["a"]', rows[1].tags)
   end)
 
+  it("runs the providers that take no kind option (parsetx, instaview)", function()
+    local input = csv_file("nokind.csv", "text,instaview_id,row", {
+      "NETFLIX.COM 866-579-7172 CA,prof-1,1",
+      "STARBUCKS STORE 123,prof-2,2",
+    })
+    for _, p in ipairs { "parsetx", "instaview" } do
+      local out = support.path("out-" .. p .. ".csv")
+      local code, _, err = run { "--provider", p, "--in", input, "--out", out }
+      assert.equal(0, code, p .. ": " .. err)
+      local rows = support.csv(out)
+      assert.same({ "found", "found" }, { rows[1].enrich_status, rows[2].enrich_status }, p)
+      assert.same({ p, p }, { rows[1].enrich_provider, rows[2].enrich_provider })
+      assert.equal(1, support.stats(sim, p).submissions)
+    end
+  end)
+
   it("keeps the key out of the output, the store and every message", function()
     local input = csv_file("key.csv", "first_name,last_name,domain", { "Ada,Byron,example.com" })
     local out = support.path("out.csv")
