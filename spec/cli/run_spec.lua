@@ -211,6 +211,22 @@ describe("enrich run", function()
     end
   end)
 
+  it("writes JSON lines from a CSV with the columns in the header's order, then enrich in DESIGN's", function()
+    local input = csv_file("order.csv", "zeta,first_name,last_name,domain,alpha,mid",
+                           { "z,Ada,Byron,example.com,a,m" })
+    local out = support.path("out-order.jsonl")
+    local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out, "--format", "jsonl" }
+    assert.equal(0, code, err)
+    local line = support.read(out)
+    local keys = {}
+    for k in line:gmatch('"([%w_]+)":') do keys[#keys + 1] = k end
+    assert.same({ "zeta", "first_name", "last_name", "domain", "alpha", "mid", "enrich",
+                  "status", "provider", "email", "email_status", "phone", "credits", "error" }, keys)
+    local obj = cjson.decode(line)
+    assert.equal("found", obj.enrich.status)
+    assert.equal(1, obj.enrich.credits)
+  end)
+
   it("keeps the key out of the output, the store and every message", function()
     local input = csv_file("key.csv", "first_name,last_name,domain", { "Ada,Byron,example.com" })
     local out = support.path("out.csv")
