@@ -272,6 +272,17 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
             { ENRICH_TAMTAM_API_KEY = false }, "ENRICH_TAMTAM_API_KEY is not set")
   end)
 
+  it("a key with a line break, recording nothing: a corrected run on an edited file is not refused", function()
+    local input = support.write("nl.csv", "first_name,last_name\nAda,Byron\n")
+    local argv = { "run", "--provider", "tamtam", "--in", input, "--out", support.path("nl-out.csv") }
+    refuses(argv, { ENRICH_TAMTAM_API_KEY = support.KEY .. "\n" }, "contains a line break")
+    assert.is_false(support.exists(support.path("nl-out.csv.state.db-wal")))   -- the store was closed
+    -- No input fingerprint recorded: nothing ran, so an edited file is no "changed input".
+    local st = assert(require("enrich.store").open("sqlite:" .. support.path("nl-out.csv.state.db")))
+    assert.is_nil(st:meta_get("input"))
+    st:close()
+  end)
+
   it("a missing file", function()
     refuses({ "run", "--provider", "tamtam", "--in", support.path("none.csv"), "--out", o_csv() }, {},
             "No such file")
