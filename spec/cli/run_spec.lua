@@ -195,6 +195,19 @@ describe("enrich run", function()
     assert.equal('["a"]', rows[1].tags)
   end)
 
+  it("skips a row tamtam cannot take (a first name alone) without sinking the rest of its batch", function()
+    local input = csv_file("half.csv", "first_name,last_name,domain",
+                           { "Ada,Byron,example.com", "Grace,,navy.mil", "Alan,Turing,example.org" })
+    local out = support.path("out-half.csv")
+    local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out }
+    assert.equal(2, code, err)                 -- a row skipped
+    local rows = support.csv(out)
+    assert.same({ "found", "skipped", "found" },
+                { rows[1].enrich_status, rows[2].enrich_status, rows[3].enrich_status })
+    assert.equal("invalid", rows[2].enrich_error)
+    assert.same({}, support.stats(sim, "tamtam").responses["422"] and { "422" } or {})
+  end)
+
   it("runs the providers that take no kind option (parsetx, instaview)", function()
     local input = csv_file("nokind.csv", "text,instaview_id,row", {
       "NETFLIX.COM 866-579-7172 CA,prof-1,1",
