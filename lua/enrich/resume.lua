@@ -17,7 +17,8 @@
 -- `clients`: they stay in the store as they were. A job already live in
 -- this process (submitted here, or resumed before) comes back as that very
 -- job, never as a second one polling or sending the same work.
-local type, ipairs, pairs, error, require = type, ipairs, pairs, error, require
+local type, ipairs, pairs, error, require, tostring, getmetatable =
+  type, ipairs, pairs, error, require, tostring, getmetatable
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -34,6 +35,14 @@ function _M.resume(store, clients, opts)
     error("enrich.resume: a store is required", 2)
   end
   if type(clients) ~= "table" then error("enrich.resume: a table of clients by provider is required", 2) end
+  local client_mt = require("enrich.client").client_mt
+  for k, c in pairs(clients) do            -- { c } would leave every job "skipped", silently
+    if type(k) ~= "string" then
+      error("enrich.resume: clients must be a table of clients by provider name (found key '"
+            .. tostring(k) .. "')", 2)
+    end
+    if getmetatable(c) ~= client_mt then error("enrich.resume: clients." .. k .. " is not a client", 2) end
+  end
   opts = opts or {}
   if type(opts) ~= "table" then error("enrich.resume: options must be a table", 2) end
   for k in pairs(opts) do

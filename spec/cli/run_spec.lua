@@ -195,6 +195,51 @@ describe("enrich run", function()
     assert.equal('["a"]', rows[1].tags)
   end)
 
+  it("skips a row tamtam cannot take (a first name alone) without sinking the rest of its batch", function()
+    local input = csv_file("half.csv", "first_name,last_name,domain",
+                           { "Ada,Byron,example.com", "Grace,,navy.mil", "Alan,Turing,example.org" })
+    local out = support.path("out-half.csv")
+    local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out }
+    assert.equal(2, code, err)                 -- a row skipped
+    local rows = support.csv(out)
+    assert.same({ "found", "skipped", "found" },
+                { rows[1].enrich_status, rows[2].enrich_status, rows[3].enrich_status })
+    assert.equal("invalid", rows[2].enrich_error)
+    assert.same({}, support.stats(sim, "tamtam").responses["422"] and { "422" } or {})
+  end)
+
+  it("runs the providers that take no kind option (parsetx, instaview)", function()
+    local input = csv_file("nokind.csv", "text,instaview_id,row", {
+      "NETFLIX.COM 866-579-7172 CA,prof-1,1",
+      "STARBUCKS STORE 123,prof-2,2",
+    })
+    for _, p in ipairs { "parsetx", "instaview" } do
+      local out = support.path("out-" .. p .. ".csv")
+      local code, _, err = run { "--provider", p, "--in", input, "--out", out }
+      assert.equal(0, code, p .. ": " .. err)
+      local rows = support.csv(out)
+      assert.same({ "found", "found" }, { rows[1].enrich_status, rows[2].enrich_status }, p)
+      assert.same({ p, p }, { rows[1].enrich_provider, rows[2].enrich_provider })
+      assert.equal(1, support.stats(sim, p).submissions)
+    end
+  end)
+
+  it("writes JSON lines from a CSV with the columns in the header's order, then enrich in DESIGN's", function()
+    local input = csv_file("order.csv", "zeta,first_name,last_name,domain,alpha,mid",
+                           { "z,Ada,Byron,example.com,a,m" })
+    local out = support.path("out-order.jsonl")
+    local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out, "--format", "jsonl" }
+    assert.equal(0, code, err)
+    local line = support.read(out)
+    local keys = {}
+    for k in line:gmatch('"([%w_]+)":') do keys[#keys + 1] = k end
+    assert.same({ "zeta", "first_name", "last_name", "domain", "alpha", "mid", "enrich",
+                  "status", "provider", "email", "email_status", "phone", "credits", "error" }, keys)
+    local obj = cjson.decode(line)
+    assert.equal("found", obj.enrich.status)
+    assert.equal(1, obj.enrich.credits)
+  end)
+
   it("keeps the key out of the output, the store and every message", function()
     local input = csv_file("key.csv", "first_name,last_name,domain", { "Ada,Byron,example.com" })
     local out = support.path("out.csv")
@@ -238,6 +283,17 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
   it("a missing key", function()
     refuses({ "run", "--provider", "tamtam", "--in", ok_csv, "--out", support.path("o.csv") },
             { ENRICH_TAMTAM_API_KEY = false }, "ENRICH_TAMTAM_API_KEY is not set")
+  end)
+
+  it("a key with a line break, recording nothing: a corrected run on an edited file is not refused", function()
+    local input = support.write("nl.csv", "first_name,last_name\nAda,Byron\n")
+    local argv = { "run", "--provider", "tamtam", "--in", input, "--out", support.path("nl-out.csv") }
+    refuses(argv, { ENRICH_TAMTAM_API_KEY = support.KEY .. "\n" }, "contains a line break")
+    assert.is_false(support.exists(support.path("nl-out.csv.state.db-wal")))   -- the store was closed
+    -- No input fingerprint recorded: nothing ran, so an edited file is no "changed input".
+    local st = assert(require("enrich.store").open("sqlite:" .. support.path("nl-out.csv.state.db")))
+    assert.is_nil(st:meta_get("input"))
+    st:close()
   end)
 
   it("a missing file", function()

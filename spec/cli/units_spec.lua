@@ -141,3 +141,18 @@ describe("args", function()
     assert.matches("kind", why("tamtam", "--kind", "fax"))
   end)
 end)
+
+describe("records", function()
+  local records = require "enrich.cli.records"
+  it("reads a JSON number as the digits the line holds, never '12345.0' (Lua 5.4 floats)", function()
+    local cjson = require "cjson"
+    local data = { format = "jsonl", columns = { "puffle_id", "first_name", "last_name" }, rows = {
+      cjson.decode('{"puffle_id":12345,"first_name":"Ada","last_name":7}'),
+      cjson.decode('{"puffle_id":2.5}'),
+    } }
+    local recs = assert(records.extract(data, { "puffle" }))
+    assert.equal("12345", recs[1].puffle_id)
+    assert.equal("7", recs[1].last_name)
+    assert.equal("2.5", recs[2].puffle_id)
+  end)
+end)

@@ -127,7 +127,7 @@ describe("answers from the field", function()
 
     it("every sent field of every provider, and valid accents, CJK and emoji pass untouched", function()
       local bad = {
-        tamtam = { { first_name = "Ada", company = "Caf\233" }, "company" },
+        tamtam = { { first_name = "Ada", last_name = "Byron", company = "Caf\233" }, "company" },
         instaview = { { id = "p_\255" }, "id" },
         lance = { { id = "1b0c6c0e-7e55-4a51-9c53-0a0a0a0a0a0\192" }, "id" },
         puffle = { { id = "ld_\237\160\128" }, "id" },           -- a surrogate

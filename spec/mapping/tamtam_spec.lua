@@ -20,6 +20,22 @@ local function answer(status, results)
 end
 
 describe("tamtam mapping", function()
+  it("prepares only a person tamtam takes: linkedin_url, or a first and a last name", function()
+    -- tamtam answers 422 for the whole request when one item has neither:
+    -- one such person would sink the 99 others of its batch.
+    for _, bad in ipairs { { first_name = "Ada" }, { last_name = "Byron", domain = "example.com" },
+                           { full_name = "Ada" }, { first_name = "Ada", last_name = "  " } } do
+      local out, why = P.prepare(bad)
+      assert.is_nil(out)
+      assert.matches("linkedin_url", why)
+    end
+    assert.same({ first_name = "Ada", last_name = "Byron" }, P.prepare { first_name = "Ada", last_name = "Byron" })
+    assert.same({ first_name = "Ada", last_name = "Byron" }, P.prepare { full_name = " Ada Byron " })
+    assert.same({ first_name = "Ada", last_name = "Byron" }, P.prepare { first_name = "Ada", full_name = "Ada Byron" })
+    assert.same({ linkedin_url = "https://www.linkedin.com/in/ada" },
+                P.prepare { linkedin_url = "https://www.linkedin.com/in/ada" })
+  end)
+
   it("declares that its check and cancel need only the part's count", function()
     assert.is_false(P.keep_inputs)
     assert.is_nil(P.cancel)

@@ -67,6 +67,18 @@ describe("durable jobs end to end", function()
     store:close()
   end)
 
+  it("raises on clients that are not a table of clients by provider name (misuse)", function()
+    local store = assert(enrich.store.open("sqlite:" .. db))
+    local c = client("tamtam", store)
+    assert.has_error(function() enrich.resume(store, { c }) end,
+                     "enrich.resume: clients must be a table of clients by provider name (found key '1')")
+    assert.has_error(function() enrich.resume(store, { tamtam = "c" }) end,
+                     "enrich.resume: clients.tamtam is not a client")
+    local jobs = assert(enrich.resume(store, { tamtam = c }))
+    assert.same({}, jobs)
+    store:close()
+  end)
+
   it("sends nothing when the intent cannot be committed: the part fails with code store", function()
     local store = assert(enrich.store.open("sqlite:" .. db))
     -- Every commit fails as a full disk would.

@@ -87,6 +87,24 @@ describe("enrich.store (sqlite)", function()
     end)
   end
 
+  it("job() and counts() outside the loop see what its last turn wrote", function()
+    local sched = assert(scheduler.new())
+    local s = assert(estore.open("sqlite:" .. path))
+    sched:run(function()
+      local job = fake_job(sched, "j1")
+      assert.is_true(s:intent(job, job.parts[1]))
+      job.parts[1].id = "P-1"; job.id = "P-1"; job.state = "running"
+      assert.is_true(s:accepted(job, job.parts[1]))
+      job.state, job.results = "succeeded", { { status = "found" } }
+      s:finished(job)                       -- queued for the loop's next commit
+    end)
+    -- The loop is over (as after enrich.run): the reads must not be stale.
+    assert.same({ succeeded = 1 }, s:counts())
+    assert.equal("succeeded", s:job("j1").state)
+    s:close()
+    sched:close()
+  end)
+
   it("gives many tasks' intents of one turn one commit", function()
     local commits = 0
     in_loop(path, function(sched, s)

@@ -153,21 +153,26 @@ function _M.write(path, format, data, outcomes)
       put(core.csv_format(out, data.eol))
     end
   else
+    -- Objects are written key by key, so their keys keep an order (a Lua
+    -- table would not): the CSV header's, and DESIGN's for the enrich object.
+    local names = {}
+    for k, name in ipairs(JSON_NAMES) do names[k] = cjson.encode(name) .. ":" end
+    local columns = {}
+    for k, c in ipairs(data.columns) do columns[k] = cjson.encode(c) .. ":" end
     for i, row in ipairs(data.rows) do
-      local vals, e = enrich_values(outcomes[i]), {}
-      for k, name in ipairs(JSON_NAMES) do e[name] = vals[k] end
-      e.credits = outcomes[i].credits or 0
-      local tail = cjson.encode(e)
+      local vals, parts = enrich_values(outcomes[i]), {}
+      vals[6] = outcomes[i].credits or 0
+      for k, name in ipairs(names) do parts[k] = name .. (cjson.encode(vals[k]) or '""') end
+      local tail = "{" .. concat(parts, ",") .. "}"
       if data.format == "jsonl" then
         -- The input line untouched, the enrich object spliced in at its end.
         local raw = data.raw[i]:gsub("%s*$", "")
         local body = raw:sub(1, -2)
         put(body .. (body:match("^%s*{%s*$") and "" or ",") .. '"enrich":' .. tail .. "}\n")
       else
-        local obj = {}
-        for k, c in ipairs(data.columns) do obj[c] = row[k] end
-        obj.enrich = e
-        put((cjson.encode(obj) or "{}") .. "\n")
+        local fields = {}
+        for k, name in ipairs(columns) do fields[k] = name .. (cjson.encode(row[k] or "") or '""') .. "," end
+        put("{" .. concat(fields) .. '"enrich":' .. tail .. "}\n")
       end
     end
   end

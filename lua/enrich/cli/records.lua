@@ -27,7 +27,13 @@ local NEEDS = {
 local function str(v)
   if v == nil then return nil end
   local t = type(v)
-  if t == "number" then v = tostring(v) elseif t ~= "string" then return nil end
+  if t == "number" then
+    -- JSON numbers decode as floats on Lua 5.4: 12345 would read "12345.0",
+    -- a wrong id (paid for all the same).
+    if v == math.floor(v) and math.abs(v) < 2^53 then v = ("%d"):format(v) else v = tostring(v) end
+  elseif t ~= "string" then
+    return nil
+  end
   v = v:match("^%s*(.-)%s*$")
   if v == "" then return nil end
   return v

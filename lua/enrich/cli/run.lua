@@ -118,9 +118,14 @@ local function run(argv, out, err)
     return 0
   end
 
+  -- The clients first: a key they refuse (a line break in it) is a usage
+  -- error that must leave the store as it was (no input fingerprint of a
+  -- run that never ran) and closed.
+  local cok, clients, journaled = pcall(make_clients, o, st:client_store())
+  if not cok then st:close(); error(clients, 0) end
+  w.clients, w.journaled = clients, journaled
   local ok, perr = st:meta_put("input", data.digest)
-  if not ok then usage(o.store .. ": " .. perr) end
-  w.clients, w.journaled = make_clients(o, st:client_store())
+  if not ok then st:close(); usage(o.store .. ": " .. tostring(perr)) end
   core.sigint_catch(true)
   interrupts = core.sigint_count()
   local prog = progress.new { out = err, limit = o.budget }

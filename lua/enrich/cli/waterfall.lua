@@ -167,6 +167,9 @@ function W:stage(name, stage_is_last)
   local spec = client.spec or assert(require("enrich.providers").get(name))
   local batch = spec.batch_size or 100
   local price = budget_mod.price(name, self.kind)
+  -- --kind goes only to a provider that takes it (parsetx and instaview
+  -- take no submit options: an unknown option raises).
+  local sopts = (spec.options == nil or spec.options.kind) and { kind = self.kind } or nil
   local inflight, pos = 0, 1
   self.inflight = self.inflight or {}
   while pos <= #queue do
@@ -197,7 +200,7 @@ function W:stage(name, stage_is_last)
       pos = pos + fit
       local reserved = fit * price
       self.budget:reserve(reserved)
-      local job, err = client:submit(inputs, { kind = self.kind })
+      local job, err = client:submit(inputs, sopts)
       if not job then
         self.budget:settle(reserved, 0, name)
         self:fail_items(items, name, type(err) == "table" and err.code or "invalid", stage_is_last)

@@ -39,6 +39,9 @@ local min, max, pairs, ipairs, select, tostring, type, error, pcall, xpcall =
 
 local _M = { _VERSION = "0.2.0" }
 
+-- The shortest sleep the driver and enrich.sleep ask nginx for (seconds).
+local MIN_SLEEP = 0.001
+
 -- How the driver waits between steps, in seconds:
 --   busy      while transfers are in flight, the first look at libcurl's
 --             sockets after a step that moved (nginx cannot watch them for
@@ -175,7 +178,10 @@ function driver(premature, s)
       born = ngx.now()
     end
     if wait <= 0 then
-      ngx.sleep(0)                         -- let nginx serve others, then go on
+      -- Let nginx serve others, then go on. Not ngx.sleep(0): without
+      -- OpenResty's delayed-events patch (Debian's module) each one writes a
+      -- warning to the error log, and it arms a timer all the same.
+      ngx.sleep(MIN_SLEEP)
     else
       s.sema:wait(max(wait, 0.001))
     end
@@ -207,7 +213,7 @@ end
 
 local function host_sleep(seconds)
   check_yieldable("enrich.sleep")
-  return ngx.sleep(seconds)
+  return ngx.sleep(seconds > MIN_SLEEP and seconds or MIN_SLEEP)   -- never ngx.sleep(0): above
 end
 
 -- The group of the running request's enrich.run, if any.

@@ -40,10 +40,16 @@ local SENT = { "first_name", "last_name", "full_name", "company", "domain", "lin
 function P.prepare(input)
   if type(input) ~= "table" then return nil, "a person must be a table" end
   local first, last = N.text(input.first_name), N.text(input.last_name)
-  if not first and not last and input.full_name then first, last = N.split_name(input.full_name) end
+  if not (first and last) and input.full_name then
+    local f, l = N.split_name(input.full_name)
+    first, last = N.text(f), N.text(l)
+  end
   local linkedin = N.text(input.linkedin_url)
-  if not (linkedin or first or last) then
-    return nil, "needs linkedin_url or a name (first_name, last_name or full_name)"
+  -- tamtam validates every item and answers 422 for the whole request when
+  -- one has neither (the simulator does as the sheet's sibling endpoint
+  -- says): one half-named person would sink every other of its batch.
+  if not (linkedin or (first and last)) then
+    return nil, "needs linkedin_url, or first_name and last_name (or a full_name of two words)"
   end
   if input.custom ~= nil and type(input.custom) ~= "table" then return nil, "custom must be a table" end
   local bad = N.check_utf8(input, SENT)

@@ -531,9 +531,18 @@ function store_mt:jobs_unfinished()
   return out
 end
 
+-- Before a read of the jobs table: outside a task (a plain script after
+-- its run, where blocking is allowed) commit what the loop's last turns
+-- queued, so the read is not stale; inside a task, never block the loop.
+local function settle_for_read(self)
+  local co, main = coroutine.running()
+  if (co == nil or main) and (self.queued > 0 or self.handed > self.done) then self:flush() end
+end
+
 --- One job's snapshot by uid (terminal or not, as jobs_unfinished), or nil.
 function store_mt:job(uid)
   check_open(self)
+  settle_for_read(self)
   local r = rows(self.db, "SELECT " .. JOB_COLUMNS .. " FROM jobs WHERE uid = ?1", uid)
   return r and r[1] and assemble(self.db, r[1]) or nil
 end
@@ -541,6 +550,7 @@ end
 --- Counts of jobs by state (for tests and progress): { state = n }.
 function store_mt:counts()
   check_open(self)
+  settle_for_read(self)
   local out = {}
   for _, r in ipairs(rows(self.db, "SELECT state, count(*) FROM jobs GROUP BY state") or {}) do
     out[r[1]] = r[2]
