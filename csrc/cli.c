@@ -1,5 +1,5 @@
-/* Two small things the `enrich` command needs from the OS and plain Lua
- * cannot do: know whether stderr is a terminal (to redraw a status line in
+/* Small things the `enrich` command needs from the OS and plain Lua
+ * cannot do: tell whether two paths name one file, know whether stderr is a terminal (to redraw a status line in
  * place) and notice Ctrl-C without dying, so it can stop new submits, leave
  * what is in flight recorded, and exit 130.
  *
@@ -7,8 +7,12 @@
  * it between turns of its loop (core.sigint_count()). No Lua runs in the
  * handler. A wait in epoll/poll is cut short by the signal (EINTR), so the
  * loop comes round to look soon. */
+#define _XOPEN_SOURCE 700   /* realpath */
+#include <limits.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "enrich_core.h"
 
@@ -48,7 +52,39 @@ static int is_tty(lua_State *L) {
   return 1;
 }
 
+/* core.file_key(path) -> string: two paths that name the same file get the
+ * same key. An existing file is known by device and inode (a symlink, a
+ * hard link, "./x" and "x" alike); a file not there yet by the real path
+ * of its directory and its own name. */
+static int file_key(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  char dir[PATH_MAX], real[PATH_MAX];
+  const char *slash, *base;
+  if (stat(path, &st) == 0) {
+    lua_pushfstring(L, "inode:%f:%f", (lua_Number)st.st_dev, (lua_Number)st.st_ino);
+    return 1;
+  }
+  slash = strrchr(path, '/');
+  if (slash && (size_t)(slash - path) < sizeof dir) {
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    if (dir[0] == '\0') strcpy(dir, "/");
+    base = slash + 1;
+  } else {
+    strcpy(dir, ".");
+    base = path;
+  }
+  if (realpath(dir, real) == NULL) {
+    lua_pushfstring(L, "path:%s", path);
+    return 1;
+  }
+  lua_pushfstring(L, "path:%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+  return 1;
+}
+
 static const luaL_Reg CLI_FUNCS[] = {
+  { "file_key", file_key },
   { "sigint_catch", sigint_catch },
   { "sigint_count", sigint_count },
   { "isatty", is_tty },

@@ -2,6 +2,7 @@
 -- waterfall, dedupe, budget, dry run, changed input, exit codes, formats.
 local support = require "cli.support"
 local cjson = require "cjson"
+local helper_quote = require("helper").shell_quote
 
 local function csv_file(name, header, rows)
   local lines = { header }
@@ -321,6 +322,28 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
     f = support.write("bad.jsonl", '{"first_name":"Ada"}\n[1,2]\n')
     refuses({ "run", "--provider", "tamtam", "--in", f, "--out", o_csv() }, {}, "bad%.jsonl:2: not a JSON object")
     assert.is_false(support.exists(support.path("o.csv")))
+  end)
+
+  it("an --out that is the input file (by any spelling or a symlink) or the store file", function()
+    local text = "first_name,last_name\nAda,Byron\n"
+    local input = support.write("same.csv", text)
+    local link = support.path("link.csv")
+    os.execute("ln -s " .. helper_quote(input) .. " " .. helper_quote(link))
+    for _, out in ipairs { input, support.dir() .. "/./same.csv", support.dir() .. "//same.csv", link } do
+      refuses({ "run", "--provider", "tamtam", "--in", input, "--out", out }, {}, "is the input file")
+      assert.equal(text, support.read(input))
+    end
+    refuses({ "run", "--provider", "tamtam", "--in", link, "--out", input }, {}, "is the input file")
+    -- The store file, whether it exists yet or not.
+    local db = support.path("same.db")
+    for _ = 1, 2 do
+      refuses({ "run", "--provider", "tamtam", "--in", input, "--out", db, "--store", "sqlite:" .. db }, {},
+              "is the store file")
+      support.write("same.db", "")
+    end
+    refuses({ "run", "--provider", "tamtam", "--in", input, "--out", o_csv(), "--store", "sqlite:" .. input }, {},
+            "is the input file")
+    assert.equal(text, support.read(input))
   end)
 
   it("lists every option in --help, one line each", function()

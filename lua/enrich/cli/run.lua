@@ -72,9 +72,29 @@ local function exit_code(outcomes)
   return 0
 end
 
+--- Refuses an output that would overwrite the input or the store file
+--- (also through a symlink, a hard link or another spelling of the path).
+local function check_paths(o)
+  local in_key, out_key = core.file_key(o.input), core.file_key(o.output)
+  if in_key == out_key then
+    usage("--out " .. o.output .. " is the input file: it would be overwritten (choose another --out)")
+  end
+  local store_path = o.store:match("^sqlite:(.+)$")
+  if store_path then
+    local store_key = core.file_key(store_path)
+    if store_key == out_key then
+      usage("--out " .. o.output .. " is the store file " .. o.store .. " (choose another --out or --store)")
+    end
+    if store_key == in_key then
+      usage("--store " .. o.store .. " is the input file " .. o.input .. " (choose another --store)")
+    end
+  end
+end
+
 local function run(argv, out, err)
   local o, msg = args.parse(argv)
   if not o then usage(msg) end
+  check_paths(o)
   local data, rerr = csvio.read(o.input, o.in_format)
   if not data then usage(rerr) end
   local recs, cerr = records.extract(data, o.providers)
