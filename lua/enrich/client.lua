@@ -228,6 +228,12 @@ function client_mt:submit(inputs, opts)
   for k in pairs(opts) do
     if not allowed[k] then error("submit: unknown option '" .. tostring(k) .. "' for " .. self.spec.name, 2) end
   end
+  -- Submitting through a store closed already is misuse: the job could
+  -- never be journaled. (A store closed under a live job is a runtime
+  -- failure: the job's error has code `store`.)
+  if self.store and self.store.closed then
+    error("submit: the client's store is closed (" .. tostring(self.store) .. ")", 2)
+  end
   local name = self.spec.name
   if n == 0 then return nil, errors.new("invalid", "no inputs", { provider = name }) end
   if opts.kind ~= nil and self.spec.kinds and not self.spec.kinds[opts.kind] then

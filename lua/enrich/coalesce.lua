@@ -275,8 +275,7 @@ function _M.wrap(client, spec, opt)
     ctx.before_send = function() return record_intents(live) end
     local ok, id, err = pcall(spec.submit, ctx, batch.part)
     if not ok then
-      err = errors.new("protocol", "provider mapping failed: " .. tostring(id):match("^[^\n]*"),
-                       { provider = spec.name })
+      err = errors.from_raise("protocol", id, "provider mapping failed: ", { provider = spec.name })
       id = nil
     elseif id ~= nil and (type(id) ~= "string" or id == "") then
       err = errors.new("protocol", "the provider's submit returned a " .. type(id) .. " id, not a string",
@@ -309,7 +308,7 @@ function _M.wrap(client, spec, opt)
   local SEND = {
     run = send,
     failed = function(msg, batch)        -- send() guards the mapping: this is a bug of ours
-      batch.err = errors.new("protocol", "coalesce: " .. tostring(msg):match("^[^\n]*"), { provider = spec.name })
+      batch.err = errors.from_raise("protocol", msg, "coalesce: ", { provider = spec.name })
       batch.state = "done"
       wake_list(sched, batch.waiters)
     end,

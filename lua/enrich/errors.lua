@@ -56,6 +56,28 @@ end
 
 function _M.is(e) return type(e) == "table" and getmetatable(e) == err_mt end
 
+--- A raised Lua error as one line without the source positions Lua put in
+--- it ("lua/enrich/x.lua:12: "): an internal failure turned into a job
+--- error keeps its message, never a file path. -> message, first position
+function _M.unpositioned(e)
+  if _M.is(e) then return tostring(e.message):match("^[^\n]*") end
+  local s, where = tostring(e):match("^[^\n]*"), nil
+  s = s:gsub('%[string "[^"]*"%]:%d+: ', function(p) where = where or p:sub(1, -3) return "" end)
+  s = s:gsub("[^%s:]+%.lua:%d+: ", function(p) where = where or p:sub(1, -3) return "" end)
+  return s, where
+end
+
+--- An error of `code` from a raised Lua error (a string or an enrich
+--- error): its message without positions; the first position goes to
+--- err.where for whoever debugs it, never into the message.
+function _M.from_raise(code, e, prefix, fields)
+  if _M.is(e) then return e end
+  local msg, where = _M.unpositioned(e)
+  local err = _M.new(code, (prefix or "") .. msg, fields)
+  err.where = where
+  return err
+end
+
 --- The code for an HTTP status that is not a success.
 function _M.code_for_status(status)
   if BY_STATUS[status] then return BY_STATUS[status] end

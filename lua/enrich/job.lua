@@ -99,7 +99,10 @@ end
 -- Results and the one state change
 
 local function protocol(job, message)
-  return errors.new("protocol", tostring(message):match("^[^\n]*"), { provider = job.provider })
+  local msg, where = errors.unpositioned(message)     -- a raise's Lua position never reaches the message
+  local e = errors.new("protocol", msg, { provider = job.provider })
+  e.where = where
+  return e
 end
 
 -- An error from a provider file in the one shape: tables with a known code
@@ -162,7 +165,10 @@ local function store_call(job, hook, ...)
   local store = job.client.store
   if not (store and store[hook]) then return true end
   local ok, done, err = pcall(store[hook], store, ...)
-  if not ok then return nil, tostring(done) end
+  if not ok then return nil, errors.from_raise("store", done, nil, { provider = job.provider }) end
+  if not done and err ~= nil and not errors.is(err) then
+    err = errors.new("store", errors.unpositioned(err), { provider = job.provider })
+  end
   return done, err
 end
 
@@ -177,7 +183,8 @@ local function set_state(job, state, err)
   job.updated_at = t
   if state and not TERMINAL[state] then
     job.state = state
-    store_call(job, "changed", job)
+    local ok, e = store_call(job, "changed", job)
+    if not ok and e then job.store_error = e end
     return true
   end
   sched:cancel_timer(job)
@@ -186,7 +193,7 @@ local function set_state(job, state, err)
   if job.deadline then sched.live_jobs = sched.live_jobs - 1 end   -- (started: see start, resume)
   crash.point("terminal_read")
   local ok, e = store_call(job, "finished", job)
-  if not ok then job.store_error = e end
+  if not ok and e then job.store_error = e end
   wake_all(job)
   return true
 end
@@ -277,7 +284,7 @@ local function submit_step(job)
         job.id = job.id or id
         crash.point("answer_read")
         local stored, serr = store_call(job, "accepted", job, part)
-        if not stored then job.store_error = serr end
+        if not stored and serr then job.store_error = serr end
         if job:done() then               -- cancelled while the submit was on its way
           if client.spec.cancel then
             local ok, res, cerr = pcall(client.spec.cancel, ctx, part)

@@ -165,7 +165,9 @@ function ctx_mt:call(req)
     local refused = c.before_send_error
     if refused ~= nil then
       if errors.is(refused) then return nil, refused end
-      return nil, self:error("invalid", "not sent: " .. tostring(refused):match("^[^\n]*"), { retryable = false })
+      -- A raise in the store's intent (a store closed under a live job):
+      -- a store failure, without the Lua position of the raise.
+      return nil, self:error("store", "not sent: " .. errors.unpositioned(refused), { retryable = false })
     end
     self.before_send = nil                -- the intent is recorded once, before the first send
     if submitting and not (c.error and c.error.refused) then crash.point("request_sent") end

@@ -19,13 +19,14 @@
 --
 -- A job between polls is only an entry in the timer heap: no coroutine.
 local core = require "enrich.core"
+local errors = require "enrich.errors"
 local heap = require "enrich.heap"
 
 local co_create, co_resume, co_yield, co_running, co_status =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
 local traceback, unpack = debug.traceback, table.unpack or unpack
-local select, error, type, pairs, next, pcall, tostring, setmetatable, min, max =
-  select, error, type, pairs, next, pcall, tostring, setmetatable, math.min, math.max
+local select, error, type, pairs, next, pcall, setmetatable, min, max =
+  select, error, type, pairs, next, pcall, setmetatable, math.min, math.max
 local now = core.now
 
 local _M = { _VERSION = "0.2.0" }
@@ -274,7 +275,7 @@ function S:transfer(req, host, before_send)
   if not ok then
     give_slot(self, host, task)
     return { error = { code = "invalid", refused = true,
-                       message = "request refused: " .. tostring(id):match("^[^\n]*") } }
+                       message = "request refused: " .. errors.unpositioned(id) } }
   end
   self.waiting[id] = task
   return co_yield()

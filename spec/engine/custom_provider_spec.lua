@@ -80,6 +80,28 @@ describe("custom providers", function()
     end
   end)
 
+  it("fails a job whose provider file raises with the message, never the file and line (kept in err.where)",
+    function()
+    for _, step in ipairs { "submit", "check" } do
+      for _, co in ipairs { { window = 0.01 }, false } do
+        local spec = {}
+        for k, v in pairs(acme) do spec[k] = v end
+        spec.name = "acme_raises"
+        spec[step] = function() local t = nil; return t.field end      -- a bug in the mapping
+        local client = assert(enrich.client(spec, {
+          api_key = "k", base_url = sim.url .. "/tamtam", poll = support.FAST.poll, coalesce = co,
+          rate = { per_second = 1000, burst = 1000 },
+        }))
+        local job = support.run_job(client, { { linkedin_url = "https://www.linkedin.com/in/ada" } })
+        local e = job.error or job.results[1].error
+        assert.equal("protocol", e.code, step)
+        assert.matches("attempt to index", e.message, nil, true)
+        assert.is_nil(tostring(e):find("%.lua:%d+"), step .. ": " .. tostring(e))
+        assert.matches("custom_provider_spec%.lua:%d+$", e.where)
+      end
+    end
+  end)
+
   it("refuses a keep_inputs that is not a boolean", function()
     local bad = {}
     for k, v in pairs(acme) do bad[k] = v end

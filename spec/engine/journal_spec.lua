@@ -95,6 +95,59 @@ describe("the store hooks", function()
     assert.is_nil(text:find("sk_live_never_shown", 1, true))
   end)
 
+  it("refuse a submit through a closed store (misuse raises, coalesced or not)", function()
+    local path = os.tmpname()
+    local store = assert(require("enrich.store").open("sqlite:" .. path))
+    store:close()
+    for _, co in ipairs { {}, false } do
+      local c = support.client(sim, "tamtam", { api_key = "journal-key-c", store = store, coalesce = co })
+      local ok, err = pcall(function() c:submit({ { first_name = "Ada", last_name = "Byron" } }) end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*journal_spec%.lua:%d+: submit: the client's store is closed "
+                     .. "%(enrich%.store%(sqlite:.*, closed%)%)$", err)
+    end
+    assert.equal(0, requests(SUBMIT))
+    for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
+  end)
+
+  it("turn a store closed under a live job, or a hook that raises, into code store without a Lua position",
+    function()
+    support.configure(sim, { tamtam = { polls = 1, rate_limit = false } })
+    local inputs = { { first_name = "Ada", last_name = "Byron" } }
+    for _, co in ipairs { { window = 0.01 }, false } do
+      local path = os.tmpname()
+      local store = assert(require("enrich.store").open("sqlite:" .. path))
+      local c = support.client(sim, "tamtam", { api_key = "journal-key-l", store = store, coalesce = co })
+      local job
+      enrich.run(function()
+        job = assert(c:submit(inputs))
+        store:close()                      -- before the intent: nothing may be sent
+        job:wait(20)
+      end)
+      assert.equal("failed", job.state)
+      assert.equal("store", job.error.code)
+      assert.equal("not sent: enrich.store: the store is closed", job.error.message)
+      for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
+    end
+    assert.equal(0, requests(SUBMIT))
+    -- Each hook raising: intent fails the job; the others leave job.store_error.
+    for _, hook in ipairs { "intent", "accepted", "changed", "finished" } do
+      for _, co in ipairs { { window = 0.01 }, false } do
+        local log = {}
+        local store = fake_store(log)
+        store[hook] = function() error("the disk is on fire") end
+        local c = support.client(sim, "tamtam", { api_key = "journal-key-h", store = store, coalesce = co })
+        local job = support.run_job(c, inputs)
+        local e = hook == "intent" and job.error or job.store_error
+        assert.is_table(e, hook)
+        assert.equal("store", e.code, hook)
+        assert.is_nil(tostring(e):find("%.lua:%d+"), hook .. ": " .. tostring(e))
+        assert.matches("the disk is on fire", e.message, nil, true)
+        if hook == "intent" then assert.equal("failed", job.state) else assert.equal("succeeded", job.state) end
+      end
+    end
+  end)
+
   it("accept only a table as the client's store", function()
     assert.has_error(function() enrich.client("tamtam", { api_key = "k", store = "sqlite:x.db" }) end,
       "enrich.client: 'store' must be a table")
