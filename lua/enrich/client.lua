@@ -104,13 +104,18 @@ function _M.new(sched, name_or_spec, opts)
     return nil, errors.new("invalid", "base_url must start with http:// or https://", { provider = spec.name })
   end
   local rate = spec.rate
-  if opts.rate then rate = policy.merge(spec.rate or { per_second = 1, burst = 1 }, opts.rate, "rate") end
+  -- The caller's policy tables: misuse raised as ours, at our caller.
+  local function caller_merge(defaults, over, what)
+    local merged = policy.merge(defaults, over, what, "enrich.client: ", 5)   -- (not a tail call: level 5)
+    return merged
+  end
+  if opts.rate then rate = caller_merge(spec.rate or { per_second = 1, burst = 1 }, opts.rate, "rate") end
   local c = setmetatable({
     sched = sched, spec = spec, store = opts.store,
     base_url = base:gsub("/+$", ""),
     host = scheduler.host_of(base),             -- its transfers share this host's slots
-    poll = policy.merge(policy.merge(policy.DEFAULT_POLL, spec.poll, "poll"), opts.poll, "poll"),
-    retry = policy.merge(policy.merge(policy.DEFAULT_RETRY, spec.retry, "retry"), opts.retry, "retry"),
+    poll = caller_merge(policy.merge(policy.DEFAULT_POLL, spec.poll, "poll"), opts.poll, "poll"),
+    retry = caller_merge(policy.merge(policy.DEFAULT_RETRY, spec.retry, "retry"), opts.retry, "retry"),
     timeout = opts.timeout or 30, connect_timeout = opts.connect_timeout or 10,
     max_body = opts.max_body,
   }, client_mt)

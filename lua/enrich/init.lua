@@ -86,7 +86,9 @@ function _M.configure(opts)
 end
 
 function _M.client(name_or_spec, opts)
-  return client.new(get_loop(), name_or_spec, opts)
+  -- Not a tail call: the misuse errors of client.new point at our caller.
+  local c, err = client.new(get_loop(), name_or_spec, opts)
+  return c, err
 end
 
 --- A live job from job:snapshot() (see enrich.snapshot).

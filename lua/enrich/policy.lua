@@ -33,15 +33,17 @@ _M.DEFAULT_RETRY = {
 }
 
 --- Copies `over` onto a copy of `base` for the keys `base` has; an unknown
---- key or a wrongly typed value raises (misuse of the API).
-function _M.merge(base, over, what)
+--- key or a wrongly typed value raises (misuse of the API) with `prefix`
+--- ("enrich.client: ") at `level` (default 3: the caller's caller).
+function _M.merge(base, over, what, prefix, level)
   local out = {}
   for k, v in pairs(base) do out[k] = v end
   if over == nil then return out end
-  if type(over) ~= "table" then error(what .. " must be a table", 3) end
+  prefix, level = prefix or "", level or 3
+  if type(over) ~= "table" then error(prefix .. "'" .. what .. "' must be a table", level) end
   for k, v in pairs(over) do
-    if base[k] == nil then error(what .. ": unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= "number" or v < 0 then error(what .. "." .. k .. " must be a number >= 0", 3) end
+    if base[k] == nil then error(prefix .. "unknown " .. what .. " option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= "number" or v < 0 then error(prefix .. what .. "." .. k .. " must be a number >= 0", level) end
     out[k] = v
   end
   return out

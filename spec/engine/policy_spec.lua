@@ -138,3 +138,24 @@ describe("enrich.errors", function()
     assert.equal("credits: balance too low second line (lance, HTTP 402, INSUFFICIENT_CREDITS)", tostring(e))
   end)
 end)
+
+describe("enrich.client policy options", function()
+  local enrich = require "enrich"
+  it("refuses a misspelt or wrong poll/retry/rate/coalesce option as its own, pointing at the caller", function()
+    local cases = {
+      { { pol = {} }, "unknown option 'pol'" },
+      { { poll = { intervall = 1 } }, "unknown poll option 'intervall'" },
+      { { poll = { interval = -1 } }, "poll%.interval must be a number >= 0" },
+      { { retry = { attempt = 1 } }, "unknown retry option 'attempt'" },
+      { { rate = { per_sec = 1 } }, "unknown rate option 'per_sec'" },
+      { { coalesce = { windw = 1 } }, "unknown coalesce option 'windw'" },
+      { { timeout = -1 } , "'timeout' must be a positive number" },
+    }
+    for _, case in ipairs(cases) do
+      case[1].api_key = "k"
+      local ok, err = pcall(function() local c = enrich.client("tamtam", case[1]) return c end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*policy_spec%.lua:%d+: enrich%.client: " .. case[2] .. "$", err)
+    end
+  end)
+end)
