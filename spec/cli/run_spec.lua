@@ -346,6 +346,24 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
     assert.equal(text, support.read(input))
   end)
 
+  it("a store it cannot open, naming the store once", function()
+    local notdb = support.write("notdb.db", "hello")
+    for _, case in ipairs {
+      { "sqlite:" .. notdb, "not a lua%-enrich store" },
+      { "sqlite:" .. support.path("no/such/dir.db"), "cannot open" },
+    } do
+      local url = case[1]
+      refuses({ "run", "--provider", "tamtam", "--in", ok_csv, "--out", o_csv(), "--store", url }, {},
+              "^enrich: " .. url:gsub("%p", "%%%0") .. ": " .. case[2])
+      local code, _, err = support.run(nil, { "run", "--provider", "tamtam", "--in", ok_csv, "--out", o_csv(),
+                                              "--store", url })
+      assert.equal(2, code)
+      local _, n = err:gsub(url:gsub("%p", "%%%0") .. ":", "")
+      assert.equal(1, n, err)
+      assert.is_nil(err:find("store: ", 1, true), err)
+    end
+  end)
+
   it("lists every option in --help, one line each", function()
     for _, argv in ipairs { { "--help" }, { "run", "--help" } } do
       local code, stdout = support.run(nil, argv)

@@ -145,7 +145,7 @@ local function run(argv, out, err)
   if not cok then st:close(); error(clients, 0) end
   w.clients, w.journaled = clients, journaled
   local ok, perr = st:meta_put("input", data.digest)
-  if not ok then st:close(); usage(o.store .. ": " .. tostring(perr)) end
+  if not ok then st:close(); usage(state_mod.message(o.store, perr)) end
   core.sigint_catch(true)
   interrupts = core.sigint_count()
   local prog = progress.new { out = err, limit = o.budget }

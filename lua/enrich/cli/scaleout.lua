@@ -21,7 +21,7 @@ local waterfall = require "enrich.cli.waterfall"
 local scaleout = require "enrich.scaleout"
 local shared_rate = require "enrich.ratelimit_redis"
 
-local ipairs, pairs, tostring, getenv = ipairs, pairs, tostring, os.getenv
+local ipairs, pairs, getenv = ipairs, pairs, os.getenv
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -30,7 +30,7 @@ _M.PARALLEL = 4         -- chunks one worker runs at once
 
 function _M.run(o, data, recs, _, err, h)
   local run, oerr = scaleout.open(o.store, o.run, { lease = o.lease })
-  if not run then h.usage(o.store .. ": " .. tostring(oerr)) end
+  if not run then h.usage(state_mod.message(o.store, oerr)) end
   local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
   local info, lerr = run:load(#recs, fingerprint, o.chunk or _M.CHUNK)
   if not info then
@@ -38,7 +38,7 @@ function _M.run(o, data, recs, _, err, h)
     if lerr.reason == "changed" then
       h.usage("run '" .. o.run .. "' was started with another input file, providers or kind")
     end
-    h.usage(o.store .. ": " .. tostring(lerr))
+    h.usage(state_mod.message(o.store, lerr))
   end
   local st = state_mod.wrap(run.store, o.store)
   st.run = fingerprint
@@ -72,9 +72,12 @@ function _M.run(o, data, recs, _, err, h)
     end, { parallel = _M.PARALLEL })
     if not ok then failure = werr end
   end)
-  if failure then run:close(); h.usage(o.store .. ": run '" .. o.run .. "': " .. tostring(failure)) end
+  if failure then
+    run:close()
+    h.usage(o.store .. ": run '" .. o.run .. "': " .. state_mod.message(o.store, failure):sub(#o.store + 3))
+  end
   local all, aerr = run:answers()
-  if not all then run:close(); h.usage(o.store .. ": " .. tostring(aerr)) end
+  if not all then run:close(); h.usage(state_mod.message(o.store, aerr)) end
   local outcomes = {}
   for r = 1, #recs do outcomes[r] = all[r] or { status = "unknown", error = "unknown", credits = 0 } end
   local wok, werr = csvio.write(o.output, o.out_format, data, outcomes)

@@ -28,6 +28,21 @@ local function empty_store()
   return m
 end
 
+--- A store's error as one line with one prefix, the store's URL: the
+--- error's own code ("store: ") and a URL the store already put at the
+--- front of its message are not repeated.
+function _M.message(url, err)
+  local msg = type(err) == "table" and err.message ~= nil and tostring(err.message) or tostring(err)
+  msg = msg:match("^[^\n]*")
+  for _ = 1, 3 do                                 -- "store: ", then the URL, in any order, once each
+    local before = msg
+    if msg:sub(1, 7) == "store: " then msg = msg:sub(8) end
+    if msg:sub(1, #url + 2) == url .. ": " then msg = msg:sub(#url + 3) end
+    if msg == before then break end
+  end
+  return url .. ": " .. msg
+end
+
 local function exists(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end
@@ -47,7 +62,7 @@ function _M.open(url, opts)
   local ok, mod = pcall(require, "enrich.store")
   if not ok then return nil, "the durable store is not available: " .. tostring(mod):match("^[^\n]*") end
   local s, err = mod.open(url)
-  if not s then return nil, url .. ": " .. tostring(err) end
+  if not s then return nil, _M.message(url, err) end
   self.store, self.journal = s, true
   return self
 end
@@ -112,7 +127,7 @@ function S:resume(clients)
   end
   if not resume then return {} end
   local jobs, err = resume(journal, clients)
-  if not jobs then return nil, "cannot resume the jobs of " .. self.url .. ": " .. tostring(err) end
+  if not jobs then return nil, "cannot resume the jobs of " .. _M.message(self.url, err) end
   return jobs
 end
 
