@@ -346,6 +346,23 @@ describe("enrich run refuses, exit 2 with one line and no traceback", function()
     assert.equal(text, support.read(input))
   end)
 
+  it("an input column the output adds itself: enrich in JSON lines, enrich_* in CSV", function()
+    local j = support.write("taken.jsonl", '{"first_name":"Ada","last_name":"Byron","enrich":"mine"}\n')
+    refuses({ "run", "--provider", "tamtam", "--in", j, "--out", support.path("t.jsonl") }, {},
+            "taken%.jsonl: the column 'enrich' is one the jsonl output adds itself")
+    local c = support.write("taken.csv", "first_name,last_name,enrich\nAda,Byron,mine\n")
+    refuses({ "run", "--provider", "tamtam", "--in", c, "--out", support.path("t.jsonl"), "--format", "jsonl" }, {},
+            "the column 'enrich' is one the jsonl output adds itself")
+    c = support.write("taken2.csv", "first_name,last_name,Enrich_Status\nAda,Byron,mine\n")
+    refuses({ "run", "--provider", "tamtam", "--in", c, "--out", o_csv() }, {},
+            "the column 'Enrich_Status' is one the csv output adds itself")
+    j = support.write("taken2.jsonl", '{"first_name":"Ada","last_name":"Byron","enrich_error":"x"}\n')
+    refuses({ "run", "--provider", "tamtam", "--in", j, "--out", o_csv(), "--format", "csv" }, {},
+            "the column 'enrich_error' is one the csv output adds itself")
+    assert.is_false(support.exists(support.path("t.jsonl")))
+    assert.is_false(support.exists(o_csv()))
+  end)
+
   it("a store it cannot open, naming the store once", function()
     local notdb = support.write("notdb.db", "hello")
     for _, case in ipairs {

@@ -126,6 +126,24 @@ local function enrich_values(o)
            credits, o.error or "" }
 end
 
+--- The input column, if any, that the output in `format` would add itself
+--- (DESIGN's output contract owns these names): "enrich" in JSON lines,
+--- an enrich_* column in CSV (compared as a CSV reader would: trimmed,
+--- any case). -> column name | nil
+function _M.taken_column(data, format)
+  for _, c in ipairs(data.columns) do
+    if format == "jsonl" then
+      if c == "enrich" then return c end
+    else
+      local low = c:match("^%s*(.-)%s*$"):lower()
+      for _, name in ipairs(_M.ENRICH_COLUMNS) do
+        if low == name then return c end
+      end
+    end
+  end
+  return nil
+end
+
 --- Writes every input row, in order, with its outcome, to `path` (through a
 --- temporary file and a rename, so a reader never sees half an output).
 function _M.write(path, format, data, outcomes)

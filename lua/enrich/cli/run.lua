@@ -97,6 +97,11 @@ local function run(argv, out, err)
   check_paths(o)
   local data, rerr = csvio.read(o.input, o.in_format)
   if not data then usage(rerr) end
+  local taken = csvio.taken_column(data, o.out_format)
+  if taken then
+    usage(o.input .. ": the column '" .. taken .. "' is one the " .. o.out_format
+          .. " output adds itself (rename it in the input)")
+  end
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
   if o.run and not o.dry_run then            -- scale-out: the rows are shared through Redis
