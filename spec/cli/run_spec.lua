@@ -151,6 +151,11 @@ describe("enrich run", function()
     assert.equal(0, (run { "--provider", "tamtam", "--in", input, "--out", out }))
     assert.equal(first, support.read(out))
     assert.equal(submits, support.stats(sim, "tamtam").submissions)
+    -- The budget is the run's: what the first invocation paid is shown as such.
+    local code, _, err = run { "--provider", "tamtam", "--in", input, "--out", out, "--budget", "0" }
+    assert.equal(0, code, err)
+    assert.matches("credits 2 of 0 %(tamtam 2%); 2 paid before this invocation %(the same run%), 0 now\n", err)
+    assert.equal(submits, support.stats(sim, "tamtam").submissions)
   end)
 
   it("exits 1 when a row failed, 0 when every row is found or not found", function()

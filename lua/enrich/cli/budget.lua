@@ -40,7 +40,7 @@ B.__index = B
 
 --- A budget of `limit` credits (nil: no limit, only counting).
 function _M.new(limit)
-  return setmetatable({ limit = limit, charged = 0, reserved = 0, by_provider = {} }, B)
+  return setmetatable({ limit = limit, charged = 0, reserved = 0, earlier = 0, by_provider = {} }, B)
 end
 
 --- How many of `n` items at `price` fit now.
@@ -58,13 +58,17 @@ function B:reserve(amount) self.reserved = self.reserved + amount end
 function B:settle(reserved, actual, name)
   self.reserved = self.reserved - reserved
   if self.reserved < 1e-9 then self.reserved = 0 end
-  self:charge(actual, name)
+  self.charged = self.charged + actual
+  if name then self.by_provider[name] = (self.by_provider[name] or 0) + actual end
 end
 
---- Counts credits spent outside a reservation (answers of this run found
---- in the store after a restart).
+--- Counts credits spent outside a reservation: answers of this run found
+--- in the store, paid by an earlier invocation of the same run (a rerun or
+--- a resume). They count against the limit (the budget is the run's, not
+--- one invocation's) and are kept apart in `earlier` for the summary.
 function B:charge(actual, name)
   self.charged = self.charged + actual
+  self.earlier = self.earlier + actual
   if name then self.by_provider[name] = (self.by_provider[name] or 0) + actual end
 end
 

@@ -72,8 +72,9 @@ function P:close()
   if self.drawn then self.out:write("\r\27[K"); self.out:flush(); self.drawn = false end
 end
 
---- The summary: rows by status, credits by provider, elapsed.
-function P:summary(outcomes, by_provider, names)
+--- The summary: rows by status, credits by provider (and how many of them
+--- an earlier invocation of the same run paid), elapsed.
+function P:summary(outcomes, by_provider, names, earlier)
   self:close()
   local counts, order = {}, { "found", "not_found", "failed", "skipped", "unknown" }
   for _, o in ipairs(outcomes) do counts[o.status] = (counts[o.status] or 0) + 1 end
@@ -93,8 +94,13 @@ function P:summary(outcomes, by_provider, names)
     if not listed then credits[#credits + 1] = name .. " " .. num(c); total = total + c end
   end
   self.out:write(format("enrich: %d rows: %s\n", #outcomes, #rows > 0 and concat(rows, ", ") or "none"))
-  self.out:write(format("enrich: credits %s%s (%s)\n", num(total), self.limit and (" of " .. num(self.limit)) or "",
-                        concat(credits, ", ")))
+  earlier = earlier or 0
+  local split = ""
+  if earlier > 0 then
+    split = format("; %s paid before this invocation (the same run), %s now", num(earlier), num(total - earlier))
+  end
+  self.out:write(format("enrich: credits %s%s (%s)%s\n", num(total), self.limit and (" of " .. num(self.limit)) or "",
+                        concat(credits, ", "), split))
   self.out:write(format("enrich: elapsed %s\n", duration(self.now() - self.started)))
   self.out:flush()
 end

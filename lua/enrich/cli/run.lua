@@ -215,7 +215,7 @@ local function run(argv, out, err)
   local wok, werr = csvio.write(o.output, o.out_format, data, outcomes)
   st:close()
   if not wok then usage(o.output .. ": " .. werr) end
-  prog:summary(outcomes, b.by_provider, o.providers)
+  prog:summary(outcomes, b.by_provider, o.providers, b.earlier)
   return exit_code(outcomes), interrupted
 end
 
