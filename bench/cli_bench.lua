@@ -6,7 +6,8 @@
 -- libcurl and the store's writer included) for both, and the difference:
 -- the command's own CPU per row.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local core = require "enrich.core"
 
 local sim, N = assert(arg[1], "usage: cli_bench.lua SIM_URL [N]"), tonumber(arg[2] or "10000")

@@ -5,7 +5,8 @@
 -- on the core, bodies JSON-decoded by the core, nothing else: no jobs, no
 -- coroutines, no policies, no normalized results.
 -- usage: lua5.4 bench/core_flow.lua SIM_URL JOBS
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local core = require "enrich.core"
 local cjson = require "cjson"
 

@@ -3,7 +3,8 @@
 -- under nginx. Prints jobs/s and HTTP requests/s (counted by the simulator).
 -- usage: lua5.4 bench/engine_bench.lua SIM_URL JOBS
 package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local enrich = require "enrich"
 local core = require "enrich.core"
 local control = require "bench.control"

@@ -4,7 +4,8 @@
 -- two lists zip together by index.
 --   ENRICH_SIM_URL=http://127.0.0.1:PORT lua5.4 examples/batch_two_providers.lua [N]
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local enrich = require "enrich"
 
 local sim = assert(os.getenv("ENRICH_SIM_URL"), "set ENRICH_SIM_URL (make demo starts a simulator)")

@@ -2,7 +2,8 @@
 -- until done, with nothing but enrich.core. (The engine, `require "enrich"`,
 -- does all of this — cadence, retries, normalization — for every provider.)
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local core = require "enrich.core"
 local cjson = require "cjson"
 

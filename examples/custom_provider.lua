@@ -2,7 +2,8 @@
 -- job with it. Against the simulator: ENRICH_SIM_URL=http://127.0.0.1:PORT
 -- (Acme's API is tamtam's, so the simulator's /tamtam answers for it).
 package.path = "lua/?.lua;lua/?/init.lua;examples/?.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local enrich = require "enrich"
 
 enrich.providers.register("acme_phones", require "providers.acme_phones")

@@ -2,7 +2,8 @@
 -- Runs against the provider simulator (`make demo` starts one and sets
 -- ENRICH_SIM_URL); against the real API, drop base_url and set TAMTAM_API_KEY.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local enrich = require "enrich"
 
 local sim = os.getenv("ENRICH_SIM_URL")

@@ -14,7 +14,8 @@
 -- usage: ENRICH_SIM_URL=http://127.0.0.1:PORT lua5.4 examples/foreign_loop/luv_loop.lua [JOBS]
 -- Prints one line per job, then "jobs=N succeeded=N ticks=N io_thread=0|1"; exits 1 unless all succeeded.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
-package.cpath = "build/5.4/?.so;" .. package.cpath
+-- The core built for this interpreter (make build: build/5.4, build/luajit).
+package.cpath = "build/" .. ((jit and "luajit") or _VERSION:match("%d+%.%d+")) .. "/?.so;" .. package.cpath
 local uv = require "luv"
 local enrich = require "enrich"
 
