@@ -1,18 +1,16 @@
 -- What the two crash specs share (spec/store/crash_spec.lua with the SQLite
--- store, redis_crash_spec.lua with the Redis store): the child that runs or
--- resumes the jobs (spec/store/crash_child.lua, given a store), and the
--- checks of one kill: no input submitted twice, every job terminal or
--- `unknown`, none left open in the store, `unknown` only where the kill came
--- after the intent was committed and before the provider id was, and no
--- provider id lost. Each spec reads its own store's facts:
+-- store, redis_crash_spec.lua with the Redis store; the crash child that
+-- runs and resumes their jobs is in spec/store/support.lua): the checks of
+-- one kill. No input submitted twice, every job terminal or `unknown`, none
+-- left open in the store, `unknown` only where the kill came after the
+-- intent was committed and before the provider id was, and no provider id
+-- lost. Each spec reads its own store's facts:
 --   facts = { ids = distinct provider ids known, open = unfinished jobs,
 --             unknown_parts = parts that ended unknown }
-local helper = require "helper"
 local assert = require "luassert"
 
 local _M = {}
 
-local LUA = (jit and "luajit") or "lua" .. _VERSION:match("%d+%.%d+")
 local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true,
                    unknown = true }
 
@@ -26,25 +24,6 @@ local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = 
 local MUST_BE_UNKNOWN = { request_sent = true, answer_read = true }
 _M.MUST_BE_UNKNOWN = MUST_BE_UNKNOWN
 local RESENDS = { puffle = true, lance = true }   -- resent with the same identity: never unknown
-
---- Starts a child on a store (a SQLite file's path or a redis:// URL; it
---- runs at once); finish() waits for it and reads it.
-function _M.child(sim, store, provider, phase, crash_at)
-  local cmd = "ENRICH_CRASH_AT=" .. (crash_at or "") .. " " .. LUA .. " spec/store/crash_child.lua " .. sim.url
-    .. " " .. helper.shell_quote(store) .. " " .. provider .. " " .. phase .. " 2>&1"
-  return assert(io.popen(cmd))
-end
-
---- -> the child's output, whether it finished, its jobs ({ uid, state, code }).
-function _M.finish(p)
-  local out = p:read("*a")
-  p:close()
-  local jobs = {}
-  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do
-    jobs[#jobs + 1] = { uid = uid, state = state, code = code }
-  end
-  return out, out:find("\nDONE\n", 1, true) ~= nil or out:sub(1, 5) == "DONE\n", jobs
-end
 
 --- The checks of one kill. r = { out1, finished1 (the killed run), out2,
 --- finished2, jobs (the resume), facts, stats (support.stats) }. Returns

@@ -8,21 +8,14 @@ local support = require "engine.support"
 local estore = require "enrich.store"
 
 local matrix = require "store.crash_matrix"
+local store_support = require "store.support"
 
 local POINTS = { "intent_committed:1", "request_sent:1", "answer_read:1", "id_committed:1",
                  "terminal_read:1", "in_commit:1", "in_commit:2", "in_commit:3" }
 
-local child, finish = matrix.child, matrix.finish
+local child, finish = store_support.child, store_support.finish
 
-local function tmpdb()
-  local path = os.tmpname()
-  os.remove(path)
-  return path
-end
-
-local function cleanup(path)
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
-end
+local tmpdb, cleanup = store_support.tmpdb, store_support.cleanup
 
 -- Distinct provider ids the store knows, and parts that ended unknown.
 local function store_facts(db)

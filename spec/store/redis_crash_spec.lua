@@ -10,13 +10,14 @@ local estore = require "enrich.store"
 local redis_server = require "support.redis"
 
 local matrix = require "store.crash_matrix"
+local store_support = require "store.support"
 
 -- (No in_commit: a Redis script is atomic, there is no transaction to cut.)
 local POINTS = { "intent_committed:1", "intent_committed:2", "request_sent:1", "answer_read:1",
                  "id_committed:1", "id_committed:2", "terminal_read:1" }
 
 local function child(sim, db, provider, phase, crash_at)
-  return matrix.finish(matrix.child(sim, db, provider, phase, crash_at))
+  return store_support.finish(store_support.child(sim, db, provider, phase, crash_at))
 end
 
 -- A store URL per test: its own namespace, and one worker name, so the
