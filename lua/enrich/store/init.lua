@@ -10,6 +10,7 @@
 local errors = require "enrich.errors"
 
 local type, pcall, require, pairs, tonumber, tostring = type, pcall, require, pairs, tonumber, tostring
+local max = math.max
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -76,6 +77,15 @@ function _M.intent_onto(sp, intent, id)
   if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
   if sp.count == nil then sp.count = intent.count end
   if sp.uid == nil then sp.uid = intent.uid end
+end
+
+--- A stored snapshot's deadline (seconds left when it was saved, at
+--- os.time() saved_at) as seconds left now; saved_at nil: as saved.
+function _M.age_deadline(snap, saved_at)
+  if type(snap.deadline) == "number" then
+    local now = os.time()
+    snap.deadline = max(snap.deadline - max(now - (saved_at or now), 0), 0)
+  end
 end
 
 local BACKENDS = { sqlite = "enrich.store.sqlite", redis = "enrich.store.redis" }

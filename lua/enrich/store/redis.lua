@@ -32,8 +32,8 @@ local redis = require "enrich.redis"
 local store = require "enrich.store"
 local cjson = require("cjson.safe").new()
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, os_time, max, format =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, os.time, math.max, string.format
+local type, tostring, tonumber, pairs, ipairs, setmetatable, os_time, format =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, os.time, string.format
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 cjson.encode_max_depth(64)
@@ -353,9 +353,7 @@ local function snapshot_from(h)
       end
     end
   end
-  if type(snap.deadline) == "number" then
-    snap.deadline = max(snap.deadline - max(os_time() - (tonumber(h.saved_at) or os_time()), 0), 0)
-  end
+  store.age_deadline(snap, tonumber(h.saved_at))
   return snap
 end
 

@@ -466,9 +466,7 @@ local function assemble(db, r)
     -- (a provider that reads its inputs in check has them in the snapshot)
     store.intent_onto(sp, intent, sp.id)
   end
-  if type(snap.deadline) == "number" then
-    snap.deadline = math.max(snap.deadline - math.max(os_time() - r[3], 0), 0)
-  end
+  store.age_deadline(snap, r[3])
   return snap
 end
 
