@@ -31,10 +31,10 @@ local function usage(msg) error({ Usage, msg }, 0) end
 
 local function env_name(name, what) return "ENRICH_" .. name:upper() .. "_" .. what end
 
---- The clients of the waterfall, keys and base URLs from the environment.
---- -> clients (name -> client), whether they journal into the store
+--- The clients of the waterfall, keys and base URLs from the environment,
+--- journaling into `store`. -> clients (name -> client)
 local function make_clients(o, store)
-  local clients, journaled = {}, false
+  local clients = {}
   for _, name in ipairs(o.providers) do
     local key = getenv(env_name(name, "API_KEY"))
     if not key or key == "" then usage(env_name(name, "API_KEY") .. " is not set (the key for " .. name .. ")") end
@@ -45,20 +45,13 @@ local function make_clients(o, store)
     local rate = tonumber(getenv(env_name(name, "RATE")) or "")
     if rate and rate > 0 then opts.rate = { per_second = rate, burst = math.max(1, math.floor(rate)) } end
     opts.store = store
-    journaled = store ~= nil
     local ok, c, err = pcall(enrich.client, name, opts)
-    if not ok and store and tostring(c):find("'store'", 1, true) then
-      -- An engine without the journal hooks yet: answers still reach the
-      -- store from the waterfall itself.
-      opts.store, journaled = nil, false
-      ok, c, err = pcall(enrich.client, name, opts)
-    end
     opts.api_key = nil
     if not ok then usage(name .. ": " .. tostring(c):match("^[^\n]*")) end
     if not c then usage(name .. ": " .. tostring(err)) end
     clients[name] = c
   end
-  return clients, journaled
+  return clients
 end
 
 local function exit_code(outcomes)
@@ -120,7 +113,7 @@ local function run(argv, out, err)
 
   local ok, perr = st:meta_put("input", data.digest)
   if not ok then usage(o.store .. ": " .. perr) end
-  w.clients, w.journaled = make_clients(o, st:client_store())
+  w.clients = make_clients(o, st:client_store())
   core.sigint_catch(true)
   interrupts = core.sigint_count()
   local prog = progress.new { out = err, limit = o.budget }
@@ -167,13 +160,8 @@ local function run(argv, out, err)
       prog:close()
       local n = 0
       for _ in pairs(w.inflight or {}) do n = n + 1 end
-      if w.journaled then
-        err:write(("enrich: interrupted; %d job(s) in flight are recorded in %s; run the same command to finish\n")
-          :format(n, o.store))
-      else
-        err:write(("enrich: interrupted; %d job(s) in flight were not journaled (this engine has no store hooks):"
-                   .. " a rerun sends them again\n"):format(n))
-      end
+      err:write(("enrich: interrupted; %d job(s) in flight are recorded in %s; run the same command to finish\n")
+        :format(n, o.store))
       err:flush()
       os.exit(130)                          -- the jobs in flight stay in the journal
     end

@@ -58,7 +58,7 @@ function _M.run(o, data, recs, _, err, h)
       local groups, _, row_keys = dedupe.group(sub)
       local w = waterfall.new {
         recs = sub, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
-        budget = b, run_id = st.run, fresh_store = false, clients = clients, journaled = true,
+        budget = b, run_id = st.run, fresh_store = false, clients = clients,
         interrupted = function() return false end,
         on_job = function(job) run:link(chunk, job) end,
       }
