@@ -72,9 +72,11 @@ local function run(argv, out, err)
   if not data then usage(rerr) end
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
+  -- What a run's answers belong to: the input, the providers, the kind.
+  local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
   if o.run and not o.dry_run then            -- scale-out: the rows are shared through Redis
     return require("enrich.cli.scaleout").run(o, data, recs, out, err,
-      { usage = usage, make_clients = make_clients, exit_code = exit_code })
+      { usage = usage, make_clients = make_clients, exit_code = exit_code, fingerprint = fingerprint })
   end
   local groups, _, row_keys = dedupe.group(recs)
   if not o.dry_run then                     -- keys are checked before the store is touched
@@ -86,7 +88,7 @@ local function run(argv, out, err)
 
   local st, serr = state_mod.open(o.store, { dry_run = o.dry_run })
   if not st then usage(serr) end
-  st.run = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
+  st.run = fingerprint
   local seen = st:meta_get("input")
   if seen and seen ~= data.digest and not o.force and not o.dry_run then
     st:close()
