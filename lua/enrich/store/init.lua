@@ -29,13 +29,12 @@ function _M.part_index(part)
   return tonumber(tostring(part.uid):match("/(%d+)$")) or 0
 end
 
--- A part's own fields as the engine's snapshot keeps them (not its
--- inputs, items, body or errors): the provider's state after its submit
--- (puffle's run, lance's records), small next to the whole job.
-local PART_SKIP = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
-
---- A part's own plain fields (see PART_SKIP), as a new table.
+--- A part's own fields as the engine's snapshot keeps them (not its
+--- inputs, items, body or errors: enrich.snapshot's ENGINE_PART_FIELDS),
+--- as a new table: the provider's state after its submit (puffle's run,
+--- lance's records), small next to the whole job.
 function _M.part_state(part)
+  local PART_SKIP = require("enrich.snapshot").ENGINE_PART_FIELDS
   local s = {}
   for k, v in pairs(part) do
     local t = type(v)
