@@ -52,6 +52,28 @@ function helper.spawn(script, args, opts)
   return h
 end
 
+--- Runs a shell command in the background: its stderr, its stdout unless
+--- `stdout` names a file for it, then "exit N" go to a temporary file.
+--- The handle's :wait(seconds) -> that text, the exit code; it raises when
+--- the command has not ended after `seconds` (default 120).
+function helper.background(cmd, stdout)
+  local tmp = os.tmpname()
+  local redirect = stdout and (" >" .. shell_quote(stdout) .. " 2>" .. shell_quote(tmp))
+    or (" >" .. shell_quote(tmp) .. " 2>&1")
+  os.execute("(" .. cmd .. redirect .. "; echo \"exit $?\" >>" .. shell_quote(tmp) .. ") &")
+  return { wait = function(_, seconds)
+    for _ = 1, (seconds or 120) * 20 do
+      local f = io.open(tmp)
+      local text = f and f:read("*a") or ""
+      if f then f:close() end
+      local code = text:match("exit (%d+)")
+      if code then os.remove(tmp) return text, tonumber(code) end
+      require("socket").sleep(0.05)
+    end
+    error("a background command did not end in " .. (seconds or 120) .. " s (output: " .. tmp .. ")")
+  end }
+end
+
 -- A free loopback port: bind port 0, read it, let it go (for servers such as
 -- nginx that need a number up front; the race with other binders is tiny).
 function helper.free_port()

@@ -16,9 +16,10 @@
 --
 -- Times are enrich.core's monotonic clock (CLOCK_MONOTONIC), the same for
 -- every process of the machine. Keys are never stored in clear: the dict
--- key is a hash of provider .. "\0" .. api key.
+-- key is a hash (core.sha256) of provider .. "\0" .. api key.
 -- luacheck: read_globals ngx
 local ratelimit = require "enrich.ratelimit"
+local core = require "enrich.core"
 
 local max, floor, tostring = math.max, math.floor, tostring
 
@@ -35,11 +36,6 @@ local warned = false
 
 local function log(level, ...)
   if ngx and ngx.log then ngx.log(level, ...) end
-end
-
-local function hash(id)
-  if ngx.sha1_bin then return ngx.encode_base64(ngx.sha1_bin(id)) end
-  return ngx.md5(id)
 end
 
 --- Takes one token at `now` (enrich.core.now): 0, or the seconds to wait.
@@ -96,7 +92,7 @@ function _M.new(rate, burst, id)
     if workers <= 1 then return nil end
     return local_share(rate, burst, workers, "no lua_shared_dict '" .. tostring(name) .. "'")
   end
-  local h = hash(id)
+  local h = core.sha256(id)             -- as enrich.ratelimit_redis names its keys
   return setmetatable({
     dict = dict, dict_name = name,
     key = "enrich:rl:" .. h, lock = "enrich:rl:lock:" .. h,

@@ -64,10 +64,9 @@ end
 
 -- Turns a non-2xx answer into an error. The provider file may read its own
 -- error body (spec.error(res) -> message, provider_code, fields).
-local function http_error(self, c)
-  local spec = self.client.spec
+local function http_error(ctx, c, spec, redact)
   local message, provider_code, fields
-  if spec.error then message, provider_code, fields = spec.error(c) end
+  if spec and spec.error then message, provider_code, fields = spec.error(c) end
   fields = fields or {}
   local code = fields.code or errors.code_for_status(c.status)
   fields.code = nil
@@ -78,29 +77,36 @@ local function http_error(self, c)
   -- A 429 (or a provider-marked refusal) was not processed: safe to resend.
   if fields.unprocessed == nil then fields.unprocessed = c.status == 429 end
   message = message or ("HTTP " .. c.status .. ": " .. excerpt(c.body))
-  fields.provider_code = self.client.redact(provider_code)
-  return self:error(code, self.client.redact(message), fields)
+  fields.provider_code = redact(provider_code)
+  return ctx:error(code, redact(message), fields)
 end
 
 -- Transport failures that happen before a byte of the request is sent.
 local UNSENT = { connect = true, dns = true, tls = true, url = true }
 
-local function classify(self, c, req)
+local function as_is(s) return s end
+
+--- What one answer means: c (enrich.core's completion record) -> res, or
+--- nil and an error in the one shape. ctx makes the errors (ctx:error) and
+--- gets ctx.retry_after; spec is the provider table (its error(c) reads
+--- error bodies); redact (optional) scrubs the key from provider text.
+--- The engine's ctx:call and enrich.testing's fake ctx both use it.
+function _M.classify(ctx, c, req, spec, redact)
   if c.error then
     if c.error.refused then               -- the core would not take the request: a misuse
-      return nil, self:error("invalid", c.error.message, { retryable = false, unprocessed = true })
+      return nil, ctx:error("invalid", c.error.message, { retryable = false, unprocessed = true })
     end
-    local e = errors.from_transport(c, self.provider)
+    local e = errors.from_transport(c, ctx.provider)
     e.unprocessed = UNSENT[c.error.code] == true
     return nil, e
   end
-  if c.status < 200 or c.status > 299 then return nil, http_error(self, c) end
-  self.retry_after = policy.parse_retry_after(c.headers["retry-after"])
-  c.retry_after = self.retry_after
+  if c.status < 200 or c.status > 299 then return nil, http_error(ctx, c, spec, redact or as_is) end
+  ctx.retry_after = policy.parse_retry_after(c.headers["retry-after"])
+  c.retry_after = ctx.retry_after
   if req.expect_json ~= false and type(c.json) ~= "table" then
     -- Retryable: a garbled body is more often a passing fault than a change
     -- of API, and the requests that may be resent are safe to resend.
-    return nil, self:error("protocol", "expected a JSON object or array, got: "
+    return nil, ctx:error("protocol", "expected a JSON object or array, got: "
       .. (c.json_error or excerpt(c.body)), { status = c.status, retryable = true, answered = true })
   end
   return c                              -- the core's record is res: status, headers, json, body
@@ -171,7 +177,7 @@ function ctx_mt:call(req)
     end
     self.before_send = nil                -- the intent is recorded once, before the first send
     if submitting and not (c.error and c.error.refused) then crash.point("request_sent") end
-    local res, err = classify(self, c, req)
+    local res, err = _M.classify(self, c, req, client.spec, client.redact)
     if res then
       if submitting then self.answered = true end
       client:succeeded(attempt)

@@ -30,6 +30,29 @@ end
 local UNKNOWN_MESSAGE = "the submit may have reached the provider before a restart, "
   .. "and its answer was never recorded: not resent (resubmit_unknown = true to pay again)"
 
+--- A live job of client from a stored snapshot: a part never sent is sent
+--- now; a part perhaps sent (an intent, no provider id) is sent again only
+--- where that cannot pay twice, or with resubmit; otherwise it ends
+--- `unknown` (error code "unknown", `message`). enrich.scaleout revives a
+--- dead worker's jobs with it too.
+function _M.revive(client, snap, resubmit, message)
+  local to_send = false
+  for _, part in ipairs(snap.parts or {}) do
+    if part.id == nil and not part.done then
+      if part.intent and not resubmit and not _M.safe_to_resend(client.spec, part) then
+        part.done = true
+        part.error = { code = "unknown", message = message, retryable = false }
+      else
+        to_send = true
+      end
+    end
+    part.intent = nil                    -- the store's mark, not a part field
+  end
+  local job = require("enrich").job_from_snapshot(client, snap)
+  if to_send then job:start() end
+  return job
+end
+
 function _M.resume(store, clients, opts)
   if type(store) ~= "table" or type(store.jobs_unfinished) ~= "function" then
     error("enrich.resume: a store is required", 2)
@@ -48,7 +71,6 @@ function _M.resume(store, clients, opts)
   for k in pairs(opts) do
     if k ~= "resubmit_unknown" then error("enrich.resume: unknown option '" .. tostring(k) .. "'", 2) end
   end
-  local from_snapshot = require("enrich").job_from_snapshot
   local snaps, err = store:jobs_unfinished()
   if not snaps then return nil, err end
   local jobs, skipped = {}, {}
@@ -60,20 +82,7 @@ function _M.resume(store, clients, opts)
     elseif not client then
       skipped[#skipped + 1] = snap
     else
-      local to_send = false
-      for _, part in ipairs(snap.parts or {}) do
-        if part.id == nil and not part.done then
-          if part.intent and not opts.resubmit_unknown and not _M.safe_to_resend(client.spec, part) then
-            part.done = true
-            part.error = { code = "unknown", message = UNKNOWN_MESSAGE, retryable = false }
-          else
-            to_send = true
-          end
-        end
-        part.intent = nil                    -- the store's mark, not a part field
-      end
-      local job = from_snapshot(client, snap)
-      if to_send then job:start() end
+      local job = _M.revive(client, snap, opts.resubmit_unknown, UNKNOWN_MESSAGE)
       live[snap.uid] = job
       jobs[#jobs + 1] = job
     end

@@ -264,22 +264,8 @@ function run_mt:_revive(client, uid)
       s.lost[uid] = nil
       -- As enrich.resume does: a part perhaps sent is sent again only
       -- where that cannot pay twice; otherwise it ends `unknown`.
-      local to_send = false
-      for _, part in ipairs(snap.parts or {}) do
-        if part.id == nil and not part.done then
-          if part.intent and not resume.safe_to_resend(client.spec, part) then
-            part.done = true
-            part.error = { code = "unknown", retryable = false,
-                           message = "the submit may have reached the provider before its worker died: not resent" }
-          else
-            to_send = true
-          end
-        end
-        part.intent = nil
-      end
-      local job = from_snapshot(client, snap)
-      if to_send then job:start() end
-      return job
+      return resume.revive(client, snap, false,
+                           "the submit may have reached the provider before its worker died: not resent")
     end
   end
 end

@@ -16,8 +16,10 @@ local ipairs, pairs, type, getmetatable, setmetatable, max =
 
 local _M = { _VERSION = "0.2.0" }
 
--- Part fields the engine rebuilds, or that do not outlive a step.
+-- Part fields the engine rebuilds, or that do not outlive a step (a
+-- store records a part's other fields as its own state: enrich.store).
 local ENGINE_PART_FIELDS = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
+_M.ENGINE_PART_FIELDS = ENGINE_PART_FIELDS
 
 local function plain(v, depth)
   local t = type(v)

@@ -28,11 +28,12 @@
 -- answer: the engine's retries and cadence are not simulated (answer a
 -- resent request with a sequence).
 local errors = require "enrich.errors"
+local request = require "enrich.request"
 local cjson = require "cjson.safe"
 
-local type, pairs, ipairs, tostring, tonumber, setmetatable, getmetatable, error, select =
-  type, pairs, ipairs, tostring, tonumber, setmetatable, getmetatable, error, select
-local format, byte, floor = string.format, string.byte, math.floor
+local type, pairs, ipairs, tostring, setmetatable, getmetatable, error, select =
+  type, pairs, ipairs, tostring, setmetatable, getmetatable, error, select
+local floor = math.floor
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -60,22 +61,9 @@ function _M.sequence(...)
   return setmetatable({ n = select("#", ...), ... }, SEQUENCE)
 end
 
--- Percent-encodes everything but RFC 3986's unreserved characters (as the
--- engine's ctx.escape).
-local function escape(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
-end
+-- Percent-encodes an id for a path or a query (the engine's ctx.escape).
+local escape = request.escape
 _M.escape = escape
-
--- Retry-After (seconds or an HTTP-date) -> seconds, as the engine reads it.
-local has_policy, policy = pcall(require, "enrich.policy")
-local function retry_after(v)
-  if v == nil then return nil end
-  if has_policy and policy.parse_retry_after then return policy.parse_retry_after(v) end
-  local n = tonumber(v)
-  if n and n >= 0 and n < math.huge then return n end
-  return nil
-end
 
 -- A completion record (what enrich.core hands the engine) for an answer.
 local function completion(a)
@@ -99,27 +87,9 @@ local function completion(a)
 end
 
 -- What the engine's ctx:call makes of a completion: the answer, or nil and
--- an error in the one shape (see docs/writing-a-provider.md, `ctx`).
+-- an error in the one shape (the engine's own rules, enrich.request.classify).
 local function classify(ctx, c, req)
-  if c.status < 200 or c.status > 299 then
-    local spec = ctx.spec
-    local message, provider_code, fields
-    if spec and spec.error then message, provider_code, fields = spec.error(c) end
-    fields = fields or {}
-    local code = fields.code or errors.code_for_status(c.status)
-    fields.code = nil
-    fields.status = c.status
-    local after = retry_after(c.headers["retry-after"])
-    if after then fields.retry_after = after end
-    if fields.unprocessed == nil then fields.unprocessed = c.status == 429 end
-    fields.provider_code = provider_code
-    return nil, ctx:error(code, message or ("HTTP " .. c.status), fields)
-  end
-  if req.expect_json ~= false and type(c.json) ~= "table" then
-    return nil, ctx:error("protocol", "expected a JSON object or array, got: "
-      .. tostring(c.json_error or c.body):sub(1, 160), { status = c.status, retryable = true })
-  end
-  return { status = c.status, headers = c.headers, json = c.json, body = c.body }
+  return request.classify(ctx, c, req, ctx.spec)
 end
 
 local ctx_mt = {}
@@ -178,9 +148,7 @@ function ctx_mt:call(req)
   end
   local mt = getmetatable(a)
   if mt == TRANSPORT then
-    local e = errors.from_transport({ error = { code = a.code, message = a.message or a.code } }, self.provider)
-    e.unprocessed = a.code == "connect" or a.code == "dns"
-    return nil, e
+    return classify(self, { error = { code = a.code, message = a.message or a.code } }, req)
   end
   if mt == ANSWER then return classify(self, completion(a), req) end
   if type(a) == "table" or type(a) == "string" then

@@ -13,16 +13,10 @@ local function start(sim, argv, env)
   for k, v in pairs(env or {}) do e[#e + 1] = k .. "=" .. v end
   local cmd = table.concat(e, " ") .. " lua5.4 bin/enrich"
   for _, a in ipairs(argv) do cmd = cmd .. " " .. q(a) end
-  local log = os.tmpname()
-  os.execute("(" .. cmd .. " >/dev/null 2>" .. q(log) .. "; echo \"exit $?\" >>" .. q(log) .. ") &")
+  local run = helper.background(cmd, "/dev/null")
   return { wait = function()
-    for _ = 1, 3600 do
-      local text = support.read(log) or ""
-      local code = text:match("exit (%d+)")
-      if code then os.remove(log) return tonumber(code), text end
-      require("socket").sleep(0.05)
-    end
-    error("enrich did not finish: " .. log)
+    local text, code = run:wait(180)
+    return code, text
   end }
 end
 

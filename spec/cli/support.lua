@@ -2,40 +2,15 @@
 -- bin/enrich as a child process (exit codes, environment, kill -9), files in
 -- a temporary directory, and the simulator's counters.
 local helper = require "helper"
-local cjson = require "cjson"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
+local simulator = require "support.sim"
 
 local support = {}
 local q = helper.shell_quote
 
 support.KEY = "sk_live_SECRET_cli_key_0123456789"
 
-function support.start(args)
-  local argv = { "--port", "0" }
-  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-  return helper.spawn("bin/enrich-sim", argv, { max_seconds = 300 })
-end
-
-function support.control(sim, method, path, body)
-  local out = {}
-  local payload = body and cjson.encode(body) or nil
-  local _, status = http.request {
-    method = method, url = sim.url .. path, sink = ltn12.sink.table(out),
-    source = payload and ltn12.source.string(payload) or nil,
-    headers = payload and { ["Content-Type"] = "application/json", ["Content-Length"] = #payload } or nil,
-  }
-  local text = table.concat(out)
-  assert(status == 200, "control " .. method .. " " .. path .. ": " .. tostring(status) .. " " .. text)
-  return cjson.decode(text)
-end
-
-function support.reset(sim) support.control(sim, "POST", "/_sim/reset") end
-
-function support.stats(sim, provider)
-  local s = support.control(sim, "GET", "/_sim/stats")
-  return provider and s.providers[provider] or s
-end
+support.start, support.control = simulator.start, simulator.control
+support.reset, support.stats = simulator.reset, simulator.stats
 
 local dir
 function support.dir()

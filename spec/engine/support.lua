@@ -1,11 +1,8 @@
 -- Shared by the engine's end-to-end specs: one simulator process per spec
 -- file (bin/enrich-sim on a free loopback port), its control API, and
 -- clients with a fast poll cadence so the specs stay quick.
-local helper = require "helper"
-local cjson = require "cjson"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 local enrich = require "enrich"
+local simulator = require "support.sim"
 
 local support = {}
 
@@ -13,23 +10,8 @@ local support = {}
 -- own I/O thread (enrich.configure), before any spec makes the loop.
 if os.getenv("ENRICH_SPEC_IO_THREAD") == "1" then assert(enrich.configure { io_thread = true }) end
 
-function support.start()
-  return helper.spawn("bin/enrich-sim", { "--port", "0" }, { max_seconds = 300 })
-end
-
---- One call to the simulator's control API; returns the decoded answer.
-function support.control(sim, method, path, body)
-  local out = {}
-  local payload = body and cjson.encode(body) or nil
-  local _, status = http.request {
-    method = method, url = sim.url .. path, sink = ltn12.sink.table(out),
-    source = payload and ltn12.source.string(payload) or nil,
-    headers = payload and { ["Content-Type"] = "application/json", ["Content-Length"] = #payload } or nil,
-  }
-  local text = table.concat(out)
-  assert(status == 200, "control " .. method .. " " .. path .. ": " .. tostring(status) .. " " .. text)
-  return cjson.decode(text)
-end
+support.start = simulator.start
+support.control = simulator.control
 
 -- With an I/O thread, the transfers a test handed over go on by themselves
 -- and could reach the simulator after the next test reset it: the loop is
@@ -66,13 +48,9 @@ end
 
 function support.reset(sim)
   settle()
-  return support.control(sim, "POST", "/_sim/reset")
+  return simulator.reset(sim)
 end
-function support.configure(sim, t) return support.control(sim, "POST", "/_sim/config", t) end
-function support.fault(sim, t) return support.control(sim, "POST", "/_sim/faults", t) end
-function support.stats(sim, provider)
-  return support.control(sim, "GET", "/_sim/stats").providers[provider]
-end
+support.configure, support.fault, support.stats = simulator.configure, simulator.fault, simulator.stats
 
 -- Fast cadence for specs: polls every few milliseconds, short deadlines.
 support.FAST = {

@@ -22,9 +22,6 @@ local function fake_ngx(clock, workers, with_dict)
   return {
     shared = with_dict and { enrich = dict } or {},
     worker = { count = function() return workers end },
-    sha1_bin = function(s) return "h(" .. #s .. ")" end,      -- stands for a digest: never the text
-    encode_base64 = function(s) return s end,
-    md5 = function(s) return "m(" .. #s .. ")" end,
     log = function(_, ...) logs[#logs + 1] = table.concat({ ... }) end,
     ERR = 1, WARN = 2,
     store = store, logs = logs,

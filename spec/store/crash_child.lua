@@ -1,7 +1,7 @@
--- A child process of spec/store/crash_spec.lua: runs two jobs of one
+-- A child process of the crash specs (spec/store/crash_matrix.lua): runs two jobs of one
 -- provider against the simulator with a store, and may be killed on the
 -- way (ENRICH_CRASH_AT); or resumes what the store holds and waits for it.
--- usage: lua spec/store/crash_child.lua SIM_URL DB PROVIDER run|resume [resubmit]
+-- usage: lua spec/store/crash_child.lua SIM_URL DB_PATH|REDIS_URL PROVIDER run|resume [resubmit]
 -- (PROVIDER tamtam-multi: tamtam, with a job of two parts; tamtam-coalesced:
 -- tamtam's two jobs gathered into one provider request. Plain tamtam and
 -- tamtam-multi run uncoalesced: their accounting is one request per part.)

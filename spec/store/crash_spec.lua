@@ -7,49 +7,15 @@
 local support = require "engine.support"
 local estore = require "enrich.store"
 
-local LUA = (jit and "luajit") or "lua" .. _VERSION:match("%d+%.%d+")
-local TERMINAL = { succeeded = true, partial = true, failed = true, cancelled = true, timed_out = true,
-                   unknown = true }
-
--- A part may end `unknown` only where the kill came after its intent was
--- committed and before its provider id was (for this job or another one
--- running beside it): the provider made a job whose id we never learnt,
--- so each unknown part must match one provider job the store does not
--- know. (At intent_committed nothing is on the wire yet, but a restart
--- cannot tell that from a send whose answer was lost: unknown, to be safe.)
--- A part surely on the wire when killed: its job must end unknown.
-local MUST_BE_UNKNOWN = { request_sent = true, answer_read = true }
-local RESENDS = { puffle = true, lance = true }   -- resent with the same identity: never unknown
+local matrix = require "store.crash_matrix"
+local store_support = require "store.support"
 
 local POINTS = { "intent_committed:1", "request_sent:1", "answer_read:1", "id_committed:1",
                  "terminal_read:1", "in_commit:1", "in_commit:2", "in_commit:3" }
 
--- Starts a child (it runs at once); finish() waits for it and reads it.
-local function child(sim, db, provider, phase, crash_at)
-  local cmd = (crash_at and ("ENRICH_CRASH_AT=" .. crash_at .. " ") or "ENRICH_CRASH_AT= ")
-    .. LUA .. " spec/store/crash_child.lua " .. sim.url .. " " .. db .. " " .. provider .. " " .. phase .. " 2>&1"
-  return assert(io.popen(cmd))
-end
+local child, finish = store_support.child, store_support.finish
 
-local function finish(p)
-  local out = p:read("*a")
-  p:close()
-  local jobs = {}
-  for uid, state, code in out:gmatch("JOB (%S+) (%S+) (%S+)") do
-    jobs[#jobs + 1] = { uid = uid, state = state, code = code }
-  end
-  return out, out:find("\nDONE\n", 1, true) ~= nil or out:sub(1, 5) == "DONE\n", jobs
-end
-
-local function tmpdb()
-  local path = os.tmpname()
-  os.remove(path)
-  return path
-end
-
-local function cleanup(path)
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
-end
+local tmpdb, cleanup = store_support.tmpdb, store_support.cleanup
 
 -- Distinct provider ids the store knows, and parts that ended unknown.
 local function store_facts(db)
@@ -124,50 +90,9 @@ describe("kill -9 at every crash point, then resume", function()
     for _, provider in ipairs { "tamtam", "puffle", "lance", "tamtam-multi", "tamtam-coalesced" } do
       it(provider .. " killed at " .. at .. ": nothing paid twice, no id lost, all terminal", function()
         local r = outcome(at, provider)
-        local out1, finished1, out2, finished2, jobs = r.out1, r.finished1, r.out2, r.finished2, r.jobs
-        local facts, stats = r.facts, r.stats
-        assert(finished2, "the resume did not finish:\n" .. out2)
-        local context = "\nrun:\n" .. out1 .. "\nresume:\n" .. out2
-
-        if os.getenv("ENRICH_CRASH_REPORT") then
-          local states = {}
-          for _, j in ipairs(jobs) do states[#states + 1] = j.state end
-          io.stderr:write(("%-7s %-19s killed=%-5s states=%-28s provider_jobs=%d ids_known=%d "
-                           .. "unknown_parts=%d dups=%d reused=%d\n")
-            :format(provider, at, tostring(not finished1), table.concat(states, ","), stats.jobs, facts.ids,
-                    facts.unknown_parts, #stats.duplicates, stats.reused or 0))
-        end
-        -- No input submitted twice (a lance record or a puffle replay
-        -- answered again is `reused`, not submitted).
-        assert.same({}, stats.duplicates, context)
-        -- Every job ends terminal (or unknown); none left open in the store.
-        for _, j in ipairs(jobs) do
-          assert.is_true(TERMINAL[j.state] == true, "job " .. j.uid .. " is " .. j.state .. context)
-        end
-        assert.equal(0, facts.open, context)
-        -- unknown only where the kill came between intent and id commits.
+        local unknown, context = matrix.check(provider, at, r)
+        local finished1, jobs, facts, stats = r.finished1, r.jobs, r.facts, r.stats
         local point = at:match("^[%w_]+")
-        local unknown = 0
-        for _, j in ipairs(jobs) do
-          if j.state == "unknown" then
-            unknown = unknown + 1
-            assert.equal("unknown", j.code)
-          end
-        end
-        if RESENDS[provider] then
-          assert.equal(0, unknown, "unexpected unknown" .. context)
-        end
-        if not finished1 and not RESENDS[provider] and MUST_BE_UNKNOWN[point] then
-          assert.is_true(facts.unknown_parts > 0, "a submit on the wire when killed must end unknown" .. context)
-        end
-        -- A submit on the wire went again with the same identity, and the
-        -- provider answered it with the work it had (free).
-        if not finished1 and RESENDS[provider] and MUST_BE_UNKNOWN[point] then
-          assert.is_true((stats.reused or 0) > 0, "the resend was not a replay" .. context)
-        end
-        -- No provider id lost: every job the provider made is known to the
-        -- store, but one per part that ended unknown; and (past the intent
-        -- point) each unknown part is a job the provider really made.
         if provider == "tamtam-coalesced" then
           -- The parts of the run share one provider request, so unknown
           -- parts (all from that request: a resume is never killed) stand
@@ -186,7 +111,7 @@ describe("kill -9 at every crash point, then resume", function()
                                                                                    facts.unknown_parts)
           assert.is_true(facts.ids <= stats.jobs, detail .. context)
           assert.is_true(stats.jobs <= facts.ids + lost, detail .. context)
-          local after_send = MUST_BE_UNKNOWN[point] or point == "id_committed" or point == "terminal_read"
+          local after_send = matrix.MUST_BE_UNKNOWN[point] or point == "id_committed" or point == "terminal_read"
             or at == "in_commit:2"
           if after_send then assert.equal(stats.jobs, facts.ids + lost, detail .. context) end
           if not finished1 and at == "in_commit:1" then
@@ -203,14 +128,6 @@ describe("kill -9 at every crash point, then resume", function()
           end
           if point == "id_committed" or point == "terminal_read" then assert.equal(0, unknown, detail .. context) end
           if finished1 then assert.equal(1, stats.jobs, "the three people went in one request" .. context) end
-        elseif provider ~= "lance" then   -- lance's ids are per-person records, resent for free
-          local detail = ("provider jobs %d, ids known %d, unknown parts %d"):format(stats.jobs, facts.ids,
-                                                                                   facts.unknown_parts)
-          assert.is_true(facts.ids <= stats.jobs, detail .. context)
-          assert.is_true(stats.jobs <= facts.ids + facts.unknown_parts, detail .. context)
-          if point ~= "intent_committed" then
-            assert.equal(stats.jobs, facts.ids + facts.unknown_parts, detail .. context)
-          end
         end
       end)
     end

@@ -4,21 +4,7 @@ local scheduler = require "enrich.scheduler"
 local estore = require "enrich.store"
 local redis_server = require "support.redis"
 
-local function fake_job(sched, uid, nparts)
-  local job = { uid = uid, provider = "tamtam", state = "queued", parts = {},
-                opts = { kind = "email" }, client = { sched = sched, api_key = "SECRET-KEY" },
-                updated_at = "2026-12-01T00:00:00Z" }
-  for k = 1, nparts or 1 do
-    job.parts[k] = { uid = uid .. "/" .. k, count = 1, inputs = { { first = "ada" .. k } } }
-  end
-  function job.snapshot(j)
-    local parts = {}
-    for k, p in ipairs(j.parts) do parts[k] = { uid = p.uid, count = p.count, id = p.id, done = p.done } end
-    return { v = 2, provider = j.provider, uid = j.uid, id = j.id, state = j.state, opts = j.opts,
-             parts = parts, deadline = 600, results = j.results }
-  end
-  return job
-end
+local fake_job = require("store.support").fake_job
 
 describe("enrich.store (redis)", function()
   local server, sched, n = nil, nil, 0

@@ -1,26 +1,13 @@
 -- The store with the engine, end to end against the simulator.
 local support = require "engine.support"
 local enrich = require "enrich"
+local store_support = require "store.support"
 
-local LUA = (jit and "luajit") or "lua" .. _VERSION:match("%d+%.%d+")
+local tmpdb, cleanup = store_support.tmpdb, store_support.cleanup
 
-local function tmpdb()
-  local path = os.tmpname()
-  os.remove(path)
-  return path
-end
-
-local function cleanup(path)
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(path .. suffix) end
-end
-
+-- Runs the crash child to its end; -> its output.
 local function child(sim, db, provider, phase, crash_at, extra)
-  local cmd = "ENRICH_CRASH_AT=" .. (crash_at or "") .. " " .. LUA .. " spec/store/crash_child.lua " .. sim.url
-    .. " " .. db .. " " .. provider .. " " .. phase .. " " .. (extra or "") .. " 2>&1"
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
+  return (store_support.finish(store_support.child(sim, db, provider, phase, crash_at, extra)))
 end
 
 describe("durable jobs end to end", function()

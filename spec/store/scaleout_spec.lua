@@ -10,18 +10,7 @@ local q = helper.shell_quote
 local function worker(env, args)
   local cmd = (env or "") .. " " .. helper.server_lua .. " spec/support/scaleout_worker.lua"
   for _, a in ipairs(args) do cmd = cmd .. " " .. q(a) end
-  local tmp = os.tmpname()
-  os.execute("(" .. cmd .. " >" .. q(tmp) .. " 2>&1; echo \"exit $?\" >>" .. q(tmp) .. ") &")
-  return { tmp = tmp, wait = function(self, seconds)
-    for _ = 1, (seconds or 120) * 20 do
-      local f = io.open(self.tmp)
-      local text = f and f:read("*a") or ""
-      if f then f:close() end
-      if text:find("exit %d+") then os.remove(self.tmp) return text end
-      require("socket").sleep(0.05)
-    end
-    error("worker did not finish: " .. self.tmp)
-  end }
+  return helper.background(cmd)
 end
 
 local function read_rows(path)

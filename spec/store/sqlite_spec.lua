@@ -2,16 +2,9 @@
 -- valgrind by scripts/run-tests: no servers here).
 local core = require "enrich.core"
 local sqlite = core.sqlite
+local store_support = require "store.support"
 
-local function tmpdb()
-  local path = os.tmpname()
-  os.remove(path)
-  return path
-end
-
-local function cleanup(path)
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock", "-journal" } do os.remove(path .. suffix) end
-end
+local tmpdb, cleanup = store_support.tmpdb, store_support.cleanup
 
 describe("enrich.core.sqlite", function()
   local path

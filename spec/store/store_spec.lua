@@ -2,34 +2,9 @@
 local helper = require "helper"
 local scheduler = require "enrich.scheduler"
 local estore = require "enrich.store"
+local store_support = require "store.support"
 
-local function tmpdb()
-  local path = os.tmpname()
-  os.remove(path)
-  return path
-end
-
-local function cleanup(path)
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock", "-journal" } do os.remove(path .. suffix) end
-end
-
--- A job as the store sees one: uid, provider, state, id, parts, client.sched,
--- snapshot().
-local function fake_job(sched, uid, nparts)
-  local job = { uid = uid, provider = "tamtam", state = "queued", parts = {},
-                opts = { kind = "email" }, client = { sched = sched, api_key = "SECRET-KEY" },
-                updated_at = "2026-12-01T00:00:00Z" }
-  for k = 1, nparts or 1 do
-    job.parts[k] = { uid = uid .. "/" .. k, count = 1, inputs = { { first = "ada" .. k } } }
-  end
-  function job.snapshot(j)
-    local parts = {}
-    for k, p in ipairs(j.parts) do parts[k] = { uid = p.uid, count = p.count, id = p.id, done = p.done } end
-    return { v = 2, provider = j.provider, uid = j.uid, id = j.id, state = j.state, opts = j.opts,
-             parts = parts, deadline = 600, results = j.results }
-  end
-  return job
-end
+local tmpdb, cleanup, fake_job = store_support.tmpdb, store_support.cleanup, store_support.fake_job
 
 -- Runs fn in a task of a fresh loop, with a store on `path`.
 local function in_loop(path, fn, opts)

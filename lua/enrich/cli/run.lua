@@ -31,10 +31,10 @@ local function usage(msg) error({ Usage, msg }, 0) end
 
 local function env_name(name, what) return "ENRICH_" .. name:upper() .. "_" .. what end
 
---- The clients of the waterfall, keys and base URLs from the environment.
---- -> clients (name -> client), whether they journal into the store
+--- The clients of the waterfall, keys and base URLs from the environment,
+--- journaling into `store`. -> clients (name -> client)
 local function make_clients(o, store)
-  local clients, journaled = {}, false
+  local clients = {}
   for _, name in ipairs(o.providers) do
     local key = getenv(env_name(name, "API_KEY"))
     if not key or key == "" then usage(env_name(name, "API_KEY") .. " is not set (the key for " .. name .. ")") end
@@ -45,20 +45,13 @@ local function make_clients(o, store)
     local rate = tonumber(getenv(env_name(name, "RATE")) or "")
     if rate and rate > 0 then opts.rate = { per_second = rate, burst = math.max(1, math.floor(rate)) } end
     opts.store = store
-    journaled = store ~= nil
     local ok, c, err = pcall(enrich.client, name, opts)
-    if not ok and store and tostring(c):find("'store'", 1, true) then
-      -- An engine without the journal hooks yet: answers still reach the
-      -- store from the waterfall itself.
-      opts.store, journaled = nil, false
-      ok, c, err = pcall(enrich.client, name, opts)
-    end
     opts.api_key = nil
     if not ok then usage(name .. ": " .. tostring(c):match("^[^\n]*")) end
     if not c then usage(name .. ": " .. tostring(err)) end
     clients[name] = c
   end
-  return clients, journaled
+  return clients
 end
 
 local function exit_code(outcomes)
@@ -104,9 +97,11 @@ local function run(argv, out, err)
   end
   local recs, cerr = records.extract(data, o.providers)
   if not recs then usage(o.input .. ": " .. cerr) end
+  -- What a run's answers belong to: the input, the providers, the kind.
+  local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
   if o.run and not o.dry_run then            -- scale-out: the rows are shared through Redis
     return require("enrich.cli.scaleout").run(o, data, recs, out, err,
-      { usage = usage, make_clients = make_clients, exit_code = exit_code })
+      { usage = usage, make_clients = make_clients, exit_code = exit_code, fingerprint = fingerprint })
   end
   local groups, _, row_keys = dedupe.group(recs)
   if not o.dry_run then                     -- keys are checked before the store is touched
@@ -118,7 +113,7 @@ local function run(argv, out, err)
 
   local st, serr = state_mod.open(o.store, { dry_run = o.dry_run })
   if not st then usage(serr) end
-  st.run = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
+  st.run = fingerprint
   local seen = st:meta_get("input")
   if seen and seen ~= data.digest and not o.force and not o.dry_run then
     st:close()
@@ -146,9 +141,9 @@ local function run(argv, out, err)
   -- The clients first: a key they refuse (a line break in it) is a usage
   -- error that must leave the store as it was (no input fingerprint of a
   -- run that never ran) and closed.
-  local cok, clients, journaled = pcall(make_clients, o, st:client_store())
+  local cok, clients = pcall(make_clients, o, st:client_store())
   if not cok then st:close(); error(clients, 0) end
-  w.clients, w.journaled = clients, journaled
+  w.clients = clients
   local ok, perr = st:meta_put("input", data.digest)
   if not ok then st:close(); usage(state_mod.message(o.store, perr)) end
   core.sigint_catch(true)
@@ -197,13 +192,8 @@ local function run(argv, out, err)
       prog:close()
       local n = 0
       for _ in pairs(w.inflight or {}) do n = n + 1 end
-      if w.journaled then
-        err:write(("enrich: interrupted; %d job(s) in flight are recorded in %s; run the same command to finish\n")
-          :format(n, o.store))
-      else
-        err:write(("enrich: interrupted; %d job(s) in flight were not journaled (this engine has no store hooks):"
-                   .. " a rerun sends them again\n"):format(n))
-      end
+      err:write(("enrich: interrupted; %d job(s) in flight are recorded in %s; run the same command to finish\n")
+        :format(n, o.store))
       err:flush()
       os.exit(130)                          -- the jobs in flight stay in the journal
     end

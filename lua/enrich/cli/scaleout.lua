@@ -11,7 +11,6 @@
 -- dedupe of rows within a chunk (the answer cache in Redis is shared, so a
 -- person answered in one chunk is not paid again in a chunk started
 -- after), and the progress line.
-local core = require "enrich.core"
 local enrich = require "enrich"
 local budget = require "enrich.cli.budget"
 local csvio = require "enrich.cli.csvio"
@@ -31,7 +30,7 @@ _M.PARALLEL = 4         -- chunks one worker runs at once
 function _M.run(o, data, recs, _, err, h)
   local run, oerr = scaleout.open(o.store, o.run, { lease = o.lease })
   if not run then h.usage(state_mod.message(o.store, oerr)) end
-  local fingerprint = core.digest(data.digest .. "\0" .. o.provider_list .. "\0" .. o.kind)
+  local fingerprint = h.fingerprint
   local info, lerr = run:load(#recs, fingerprint, o.chunk or _M.CHUNK)
   if not info then
     run:close()
@@ -58,7 +57,7 @@ function _M.run(o, data, recs, _, err, h)
       local groups, _, row_keys = dedupe.group(sub)
       local w = waterfall.new {
         recs = sub, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
-        budget = b, run_id = st.run, fresh_store = false, clients = clients, journaled = true,
+        budget = b, run_id = st.run, fresh_store = false, clients = clients,
         interrupted = function() return false end,
         on_job = function(job) run:link(chunk, job) end,
       }

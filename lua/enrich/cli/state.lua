@@ -118,15 +118,7 @@ end
 function S:resume(clients)
   local journal = self:client_store()
   if not journal then return {} end
-  local enrich = require "enrich"
-  local resume = enrich.resume
-  if not resume then
-    local ok, mod = pcall(require, "enrich.resume")
-    if ok and type(mod) == "table" then resume = mod.resume or mod.run end
-    if ok and type(mod) == "function" then resume = mod end
-  end
-  if not resume then return {} end
-  local jobs, err = resume(journal, clients)
+  local jobs, err = require("enrich.resume").resume(journal, clients)
   if not jobs then return nil, "cannot resume the jobs of " .. _M.message(self.url, err) end
   return jobs
 end

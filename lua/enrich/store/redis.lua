@@ -32,8 +32,8 @@ local redis = require "enrich.redis"
 local store = require "enrich.store"
 local cjson = require("cjson.safe").new()
 
-local type, tostring, tonumber, pairs, ipairs, setmetatable, os_time, max, format =
-  type, tostring, tonumber, pairs, ipairs, setmetatable, os.time, math.max, string.format
+local type, tostring, tonumber, pairs, ipairs, setmetatable, os_time, format =
+  type, tostring, tonumber, pairs, ipairs, setmetatable, os.time, string.format
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 cjson.encode_max_depth(64)
@@ -208,23 +208,7 @@ end
 
 local function is_lease(err) return err and err.redis and tostring(err.message):find("LEASE", 1, true) end
 
-local function part_index(part)
-  return tonumber(tostring(part.uid):match("/(%d+)$")) or 0
-end
-
--- What resending needs, and no more: never the client (its key).
-local function intent_json(job, part, snap)
-  local k = part_index(part)
-  local p = snap and snap.parts and snap.parts[k] or {}
-  local intent = {}
-  for key, v in pairs(p) do intent[key] = v end
-  intent.provider, intent.job, intent.uid, intent.k = job.provider, job.uid, part.uid, k
-  intent.inputs = intent.inputs or part.inputs
-  intent.count = intent.count or part.count
-  intent.opts = snap and snap.opts or job.opts
-  intent.idempotency_key = part.idempotency_key
-  return encode(intent)
-end
+local part_index = store.part_index
 
 local function snapshot_of(job)
   if job.snapshot then return job:snapshot() end
@@ -281,7 +265,7 @@ function store_mt:intent(job, part)
   if self.lost[job.uid] then return nil, lease_error(self, job.uid) end
   local snap = snapshot_of(job)
   local sjson, e1 = encode(snap)
-  local ijson, e2 = intent_json(job, part, snap)
+  local ijson, e2 = encode(store.intent_record(job, part, snap))
   if not (sjson and ijson) then
     return nil, store.error("cannot record the job: " .. tostring(e1 or e2), { reason = "encode" })
   end
@@ -363,25 +347,13 @@ local function snapshot_from(h)
       local sp = snap.parts[k] or {}
       snap.parts[k] = sp
       if kind == "intent" then
-        local intent = decode(value)
-        sp.intent = true
-        if type(intent) == "table" then
-          -- The inputs only where a resend may need them (no provider id):
-          -- a part with an id is polled, and a coalesced member that has
-          -- inputs is read by content, not by its offset in the request.
-          if sp.inputs == nil and not (sp.id or h["pid:" .. k]) then sp.inputs = intent.inputs end
-          if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
-          if sp.count == nil then sp.count = intent.count end
-          if sp.uid == nil then sp.uid = intent.uid end
-        end
+        store.intent_onto(sp, decode(value), sp.id or h["pid:" .. k])
       elseif kind == "pid" and sp.id == nil then
         sp.id = value
       end
     end
   end
-  if type(snap.deadline) == "number" then
-    snap.deadline = max(snap.deadline - max(os_time() - (tonumber(h.saved_at) or os_time()), 0), 0)
-  end
+  store.age_deadline(snap, tonumber(h.saved_at))
   return snap
 end
 

@@ -17,8 +17,8 @@ local cjson = require("cjson.safe").new()
 local crash = require "enrich.crash"
 local store = require "enrich.store"
 
-local type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os_time =
-  type, tostring, tonumber, pairs, ipairs, next, select, setmetatable, os.time
+local type, tostring, pairs, ipairs, next, select, setmetatable, os_time =
+  type, tostring, pairs, ipairs, next, select, setmetatable, os.time
 local encode, decode = cjson.encode, cjson.decode
 cjson.encode_sparse_array(true)
 cjson.encode_max_depth(64)
@@ -315,41 +315,12 @@ end
 
 local function now() return os_time() end
 
--- A part's own fields as the engine's snapshot keeps them (not its
--- inputs, items, body or errors): the provider's state after its submit
--- (puffle's run, lance's records), small next to the whole job.
-local PART_SKIP = { inputs = true, items = true, raw = true, error = true, cancel_error = true }
-
 local function snapshot_json(job)
   local snap = job:snapshot()
   return encode(snap)
 end
 
-local function part_index(part)
-  return tonumber(tostring(part.uid):match("/(%d+)$"))
-end
-
--- What resending needs, and no more: never the client (its key).
-local function intent_json(job, part, snap)
-  local k = part_index(part)
-  local intent = {}
-  local p = snap and snap.parts and snap.parts[k]
-  if p then
-    for key, v in pairs(p) do intent[key] = v end
-  else
-    for key, v in pairs(part) do
-      local t = type(v)
-      if not PART_SKIP[key] and (t == "string" or t == "number" or t == "boolean" or t == "table") then
-        intent[key] = v
-      end
-    end
-  end
-  intent.provider, intent.job, intent.uid, intent.k = job.provider, job.uid, part.uid, k
-  intent.inputs = intent.inputs or part.inputs     -- the prepared inputs, as sent
-  intent.opts = snap and snap.opts or nil          -- the job's snapshot has them
-  intent.idempotency_key = part.idempotency_key
-  return encode(intent)
-end
+local part_index = store.part_index
 
 --- The intents of several parts (a coalesced batch's members, each job
 --- its own), queued together and committed in ONE transaction: the task
@@ -376,7 +347,7 @@ function store_mt:intents(list)
     local snap = first and job:snapshot() or nil
     local sjson, err1 = false, nil
     if first then sjson, err1 = encode(snap) end
-    local ijson, err2 = intent_json(job, part, snap)
+    local ijson, err2 = encode(store.intent_record(job, part, snap))
     if (first and not sjson) or not ijson then
       return nil, store.error("cannot record the job: " .. tostring(err1 or err2), { reason = "encode" })
     end
@@ -386,7 +357,7 @@ function store_mt:intents(list)
   for i = 1, n do
     local job, part, r = list[i].job, list[i].part, rows[i]
     if r[1] then self:_add(sched, S_JOB, job.uid, job.provider, job.state, job.id, r[1], t, job.updated_at) end
-    self:_add(sched, S_PART, part.uid, job.uid, part_index(part) or 0, r[2], t)
+    self:_add(sched, S_PART, part.uid, job.uid, part_index(part), r[2], t)
   end
   local ok, err = self:_durable(sched)
   if not ok then return nil, err end
@@ -407,12 +378,7 @@ function store_mt:intent(job, part)
 end
 
 local function part_state_json(part)
-  local s = {}
-  for k, v in pairs(part) do
-    local t = type(v)
-    if not PART_SKIP[k] and (t == "string" or t == "number" or t == "boolean" or t == "table") then s[k] = v end
-  end
-  return encode(s)
+  return encode(store.part_state(part))
 end
 
 --- The provider id: committed before the first poll is scheduled. Only the
@@ -492,25 +458,15 @@ local function assemble(db, r)
     local k, intent = p[1], decode(p[2])
     local sp = snap.parts[k] or {}
     snap.parts[k] = sp
-    sp.intent = true
     local state = p[4] and decode(p[4])
     if type(state) == "table" then
       for key, v in pairs(state) do sp[key] = v end
     end
     if p[3] and sp.id == nil then sp.id = p[3] end
-    if type(intent) == "table" then
-      -- The inputs only where a resend may need them (no provider id): a
-      -- part with an id is polled by it (a provider that reads its inputs
-      -- in check has them in the snapshot).
-      if sp.inputs == nil and sp.id == nil then sp.inputs = intent.inputs end
-      if sp.idempotency_key == nil then sp.idempotency_key = intent.idempotency_key end
-      if sp.count == nil then sp.count = intent.count end
-      if sp.uid == nil then sp.uid = intent.uid end
-    end
+    -- (a provider that reads its inputs in check has them in the snapshot)
+    store.intent_onto(sp, intent, sp.id)
   end
-  if type(snap.deadline) == "number" then
-    snap.deadline = math.max(snap.deadline - math.max(os_time() - r[3], 0), 0)
-  end
+  store.age_deadline(snap, r[3])
   return snap
 end
 
