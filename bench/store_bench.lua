@@ -128,6 +128,7 @@ elseif mode == "engine" then
       api_key = "bench-key", base_url = sim .. "/tamtam", store = s,
       poll = { interval = 0.02, factor = 1, jitter = 0, deadline = 300 },
       rate = { per_second = 1e6, burst = 1e6 },
+      coalesce = false,        -- one request per job, as engine_bench: the store's cost per job, not per batch
     }))
     local c0, t0 = cpu(), now()
     local failed = 0
