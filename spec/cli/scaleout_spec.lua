@@ -44,6 +44,19 @@ describe("enrich run --run (scale-out on Redis)", function()
     assert.truthy(err:find("--run NAME", 1, true), err)
   end)
 
+  it("refuses --budget with --run (the budget is not shared between workers yet), exit 2", function()
+    support.reset(sim)
+    local input = support.write("few.csv", "first_name,last_name,domain\nAda,Byron,example.com\n")
+    local code, _, err = support.run(sim, { "run", "--provider", "tamtam", "--in", input,
+                                            "--out", support.path("o.csv"), "--store", server.url,
+                                            "--run", "budgeted", "--budget", "5" })
+    assert.equal(2, code)
+    assert.truthy(err:find("--budget is not shared between workers yet:", 1, true), err)
+    local _, lines = err:gsub("\n", "")
+    assert.equal(1, lines, err)
+    assert.is_nil(next(support.stats(sim, "tamtam").inputs))
+  end)
+
   it("three workers, one killed: every row answered once in each live worker's output, nothing sent twice", function()
     support.reset(sim)
     local lines = { "first_name,last_name,domain,row" }

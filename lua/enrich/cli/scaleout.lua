@@ -7,10 +7,12 @@
 -- every chunk is answered, every worker still alive writes the whole run's
 -- output to its own --out.
 --
--- Per worker (not shared): --budget (each worker spends at most N), the
--- dedupe of rows within a chunk (the answer cache in Redis is shared, so a
--- person answered in one chunk is not paid again in a chunk started
--- after), and the progress line.
+-- --budget is refused with --run (enrich.cli.args): counted here it would
+-- be per worker (three workers, --budget 500: up to 1,500 credits), and it
+-- is not shared through Redis yet.
+-- Per worker (not shared): the dedupe of rows within a chunk (the answer
+-- cache in Redis is shared, so a person answered in one chunk is not paid
+-- again in a chunk started after), and the progress line.
 local enrich = require "enrich"
 local budget = require "enrich.cli.budget"
 local csvio = require "enrich.cli.csvio"
