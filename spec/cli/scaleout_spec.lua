@@ -57,6 +57,45 @@ describe("enrich run --run (scale-out on Redis)", function()
     assert.is_nil(next(support.stats(sim, "tamtam").inputs))
   end)
 
+  it("three workers: a person's rows in both halves of the input are sent once, the answer on every row", function()
+    support.reset(sim)
+    local lines = { "first_name,last_name,domain,row" }
+    local P = 40                           -- rows 1..40, then the same people again, reversed
+    for i = 1, P do lines[#lines + 1] = ("Ada%d,Byron,example.com,%d"):format(i, i) end
+    for i = P, 1, -1 do lines[#lines + 1] = ("Ada%d,Byron,example.com,%d"):format(i, 2 * P + 1 - i) end
+    local input = support.write("twice.csv", table.concat(lines, "\n") .. "\n")
+    local ws = {}
+    for i = 1, 3 do
+      ws[i] = start(sim, { "run", "--provider", "tamtam", "--in", input, "--out", support.path("tw" .. i .. ".csv"),
+                           "--store", server.url, "--run", "twice", "--chunk", "5", "--poll-interval", "0.05" })
+    end
+    for i = 1, 3 do
+      local code, text = ws[i]:wait()
+      assert.equal(0, code, text)
+    end
+    local stats = support.stats(sim, "tamtam")
+    assert.same({}, stats.duplicates)
+    local inputs = 0
+    for key, times in pairs(stats.inputs) do
+      assert.equal(1, times, key)
+      inputs = inputs + 1
+    end
+    assert.equal(P, inputs)
+    for i = 1, 3 do
+      local rows = support.csv(support.path("tw" .. i .. ".csv"))
+      assert.equal(2 * P, #rows)
+      local credits = 0
+      for r = 1, 2 * P do
+        assert.equal(tostring(r), rows[r].row)
+        assert.equal("found", rows[r].enrich_status)
+        local person = r <= P and r or 2 * P + 1 - r
+        assert.equal("ada" .. person .. ".byron@example.com", rows[r].enrich_email)
+        credits = credits + (tonumber(rows[r].enrich_credits) or 0)
+      end
+      assert.equal(stats.credits.charged, credits)
+    end
+  end)
+
   it("three workers, one killed: every row answered once in each live worker's output, nothing sent twice", function()
     support.reset(sim)
     local lines = { "first_name,last_name,domain,row" }

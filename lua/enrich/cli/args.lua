@@ -24,7 +24,8 @@ Options of `enrich run`:
                         process started with the same NAME (scale-out;
                         not with --budget: it is not shared yet)
   --lease S             seconds a worker holds rows it took (default 30)
-  --chunk N             rows a worker takes at a time (default 100)
+  --chunk N             people (dedupe groups) a worker takes at a time
+                        (default 100)
 Keys: ENRICH_<PROVIDER>_API_KEY; base URLs: ENRICH_<PROVIDER>_BASE_URL.]]
 
 local function build()
@@ -57,7 +58,7 @@ local function build()
     :argname("NAME")
   run:option("--lease", "Seconds a worker holds rows it took before another may take them (default 30).")
     :argname("S")
-  run:option("--chunk", "With --run: rows a worker takes at a time (default 100).")
+  run:option("--chunk", "With --run: people (dedupe groups) a worker takes at a time (default 100).")
     :argname("N")
   return p
 end
@@ -132,7 +133,7 @@ function _M.parse(argv)
     chunk = tonumber(o.chunk)
     if not o.run then return nil, "--chunk: only with --run" end
     if not chunk or chunk < 1 or chunk ~= math.floor(chunk) then
-      return nil, "--chunk: expected a whole number of rows >= 1, got '" .. o.chunk .. "'"
+      return nil, "--chunk: expected a whole number of people >= 1, got '" .. o.chunk .. "'"
     end
   end
   if o.store and o.store:match("^redis://") and not o.run then

@@ -1,6 +1,6 @@
 -- `enrich run --store redis://… --run NAME [--lease S]`: this process is one
 -- worker of a run shared through Redis (enrich.scaleout). Every worker reads
--- the same input file; the rows are cut into chunks, each taken under a
+-- the same input file; the rows are cut into chunks (of whole dedupe groups), each taken under a
 -- lease and run through the waterfall here; a chunk whose worker died is
 -- taken over once its lease has run out, and the jobs that worker had sent
 -- are brought back (polled, or read) instead of being sent again. Once
@@ -10,11 +10,13 @@
 -- --budget is refused with --run (enrich.cli.args): counted here it would
 -- be per worker (three workers, --budget 500: up to 1,500 credits), and it
 -- is not shared through Redis yet.
--- Per worker (not shared): the dedupe of rows within a chunk (the answer
--- cache in Redis is shared, so a person answered in one chunk is not paid
--- again in a chunk started after), and the progress line.
+-- Dedupe is the run's: a chunk is a range of whole dedupe groups (every
+-- worker computes the same groups from the same file), so one person's rows
+-- are always in one chunk, sent once; a group's answer is its rows'
+-- outcomes, written on every row. Per worker (not shared): the progress line.
 local enrich = require "enrich"
 local budget = require "enrich.cli.budget"
+local core = require "enrich.core"
 local csvio = require "enrich.cli.csvio"
 local dedupe = require "enrich.cli.dedupe"
 local state_mod = require "enrich.cli.state"
@@ -26,14 +28,18 @@ local ipairs, pairs, getenv = ipairs, pairs, os.getenv
 
 local _M = { _VERSION = "0.1.0" }
 
-_M.CHUNK = 100          -- rows per chunk
+_M.CHUNK = 100          -- dedupe groups (people) per chunk
 _M.PARALLEL = 4         -- chunks one worker runs at once
 
 function _M.run(o, data, recs, _, err, h)
   local run, oerr = scaleout.open(o.store, o.run, { lease = o.lease })
   if not run then h.usage(state_mod.message(o.store, oerr)) end
   local fingerprint = h.fingerprint
-  local info, lerr = run:load(#recs, fingerprint, o.chunk or _M.CHUNK)
+  -- Chunks are made of whole dedupe groups (every worker computes the same
+  -- groups from the same file): the run's units are groups, not rows, so
+  -- one person's rows are always in one chunk and sent once.
+  local all_groups = dedupe.group(recs)
+  local info, lerr = run:load(#all_groups, core.digest(fingerprint .. "\0groups"), o.chunk or _M.CHUNK)
   if not info then
     run:close()
     if lerr.reason == "changed" then
@@ -54,8 +60,13 @@ function _M.run(o, data, recs, _, err, h)
     local ok, werr = run:work(function(chunk)
       local revived, rerr = run:revive_all(chunk, clients)
       if not revived then return nil, rerr end
-      local sub = {}
-      for r = chunk.first, chunk.last do sub[#sub + 1] = recs[r] end
+      local sub, at = {}, {}                -- the chunk's rows, group after group
+      for g = chunk.first, chunk.last do
+        for _, r in ipairs(all_groups[g].rows) do
+          sub[#sub + 1] = recs[r]
+          at[#at + 1] = g
+        end
+      end
       local groups, _, row_keys = dedupe.group(sub)
       local w = waterfall.new {
         recs = sub, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
@@ -67,8 +78,13 @@ function _M.run(o, data, recs, _, err, h)
       -- cache, and the waterfall finds them there (nothing sent again).
       w:finish_resumed(revived)
       w:run()
+      -- A group's answer: its rows' outcomes, in the group's row order.
       local answers = {}
-      for i, outcome in ipairs(w:outcomes()) do answers[chunk.first + i - 1] = outcome end
+      for g = chunk.first, chunk.last do answers[g] = {} end
+      for i, outcome in ipairs(w:outcomes()) do
+        local list = answers[at[i]]
+        list[#list + 1] = outcome
+      end
       return answers
     end, { parallel = _M.PARALLEL })
     if not ok then failure = werr end
@@ -80,7 +96,12 @@ function _M.run(o, data, recs, _, err, h)
   local all, aerr = run:answers()
   if not all then run:close(); h.usage(state_mod.message(o.store, aerr)) end
   local outcomes = {}
-  for r = 1, #recs do outcomes[r] = all[r] or { status = "unknown", error = "unknown", credits = 0 } end
+  for g, group in ipairs(all_groups) do
+    local list = all[g] or {}
+    for k, r in ipairs(group.rows) do
+      outcomes[r] = list[k] or { status = "unknown", error = "unknown", credits = 0 }
+    end
+  end
   local wok, werr = csvio.write(o.output, o.out_format, data, outcomes)
   err:write(("enrich: run %s: %d rows; this worker answered %d of %d chunks (%d taken over)\n")
     :format(o.run, #recs, run.done_here, info.chunks, run.taken_over))
