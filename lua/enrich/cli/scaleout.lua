@@ -1,11 +1,11 @@
 -- `enrich run --store redis://… --run NAME [--lease S]`: this process is one
 -- worker of a run shared through Redis (enrich.scaleout). Every worker reads
--- the same input file; the rows are cut into chunks (of whole dedupe groups), each taken under a
--- lease and run through the waterfall here; a chunk whose worker died is
--- taken over once its lease has run out, and the jobs that worker had sent
--- are brought back (polled, or read) instead of being sent again. Once
--- every chunk is answered, every worker still alive writes the whole run's
--- output to its own --out.
+-- the same input file; the rows are cut into chunks of whole dedupe groups,
+-- each taken under a lease and run through the waterfall here; a chunk
+-- whose worker died is taken over once its lease has run out, and the jobs
+-- that worker had sent are brought back (polled, or read) instead of being
+-- sent again. Once every chunk is answered, every worker still alive writes
+-- the whole run's output to its own --out.
 --
 -- --budget is refused with --run (enrich.cli.args): counted here it would
 -- be per worker (three workers, --budget 500: up to 1,500 credits), and it
