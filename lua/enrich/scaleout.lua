@@ -106,6 +106,91 @@ end
 return 1
 ]=]
 
+-- The run's credit budget (--budget N, shared by every worker). The run
+-- hash keeps b_charged and b_reserved; a chunk's hash keeps b_reserved,
+-- what its holder has reserved and not settled yet; the set `settled`
+-- holds the job uids whose charge is counted (once).
+--
+-- Grants up to `items` at `price` that fit: charged + reserved + k x price
+-- <= limit. When not all fit and something is reserved (it may settle
+-- cheaper), grants nothing and says 'wait'; when nothing fits and nothing
+-- is reserved, says 'none'. Reservations of chunks whose lease ran out (a
+-- dead worker's, given back when its chunk is taken over) still count
+-- against the limit but are not waited for: a run whose live workers all
+-- wait would never take those chunks over. KEYS: run, chunk, chunks.
+-- ARGV: limit, price, items, fence, chunk key prefix.
+-- -> { granted, 'ok'|'wait'|'none', charged, reserved }
+_M.BUDGET_RESERVE = NOW .. [=[
+if redis.call('HGET', KEYS[2], 'fence') ~= ARGV[4] then
+  return redis.error_reply('LEASE the chunk is held by another worker')
+end
+local r = redis.call('HMGET', KEYS[1], 'b_charged', 'b_reserved')
+local charged, reserved = tonumber(r[1] or '0'), tonumber(r[2] or '0')
+local limit, price, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local k = n
+if price > 0 then
+  local room = limit - charged - reserved
+  k = room > 0 and math.floor(room / price + 1e-9) or 0
+  if k > n then k = n end
+end
+local why = 'ok'
+if k < n and reserved > 1e-9 then
+  local dead = 0
+  for _, i in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(0', now)) do
+    dead = dead + tonumber(redis.call('HGET', ARGV[5] .. i, 'b_reserved') or '0')
+  end
+  if reserved - dead > 1e-9 then k, why = 0, 'wait' end
+end
+if k == 0 and n > 0 and why == 'ok' then why = 'none' end
+if k > 0 and price > 0 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'b_reserved', tostring(k * price))
+  redis.call('HINCRBYFLOAT', KEYS[2], 'b_reserved', tostring(k * price))
+  reserved = reserved + k * price
+end
+return { tostring(k), why, tostring(charged), tostring(reserved) }
+]=]
+
+-- Settles a reservation to the real charge. The charge is counted once per
+-- job (uid, '' for none); the reservation is given back only while this
+-- worker still holds the chunk (the taker of a chunk gives back all of
+-- the chunk's, see BUDGET_ADOPT). KEYS: run, chunk, settled. ARGV: fence,
+-- reserved, charged, uid. -> { unused reservation, charged, reserved }
+_M.BUDGET_SETTLE = [=[
+local res, actual, unused = tonumber(ARGV[2]), tonumber(ARGV[3]), 0
+if ARGV[4] == '' or redis.call('SADD', KEYS[3], ARGV[4]) == 1 then
+  if actual ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'b_charged', tostring(actual)) end
+end
+if res > 0 and redis.call('HGET', KEYS[2], 'fence') == ARGV[1] then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'b_reserved', tostring(-res))
+  redis.call('HINCRBYFLOAT', KEYS[2], 'b_reserved', tostring(-res))
+  unused = res - actual
+end
+local r = redis.call('HMGET', KEYS[1], 'b_charged', 'b_reserved')
+return { tostring(unused), r[1] or '0', r[2] or '0' }
+]=]
+
+-- A chunk taken over: the jobs its dead holder sent (brought back and
+-- ended) are charged, each once, and whatever the chunk still had reserved
+-- is given back. KEYS: run, chunk, settled. ARGV: fence, then uid, charge
+-- pairs. -> { released, charged, reserved }
+_M.BUDGET_ADOPT = [=[
+if redis.call('HGET', KEYS[2], 'fence') ~= ARGV[1] then
+  return redis.error_reply('LEASE the chunk is held by another worker')
+end
+for i = 2, #ARGV, 2 do
+  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 and tonumber(ARGV[i + 1]) ~= 0 then
+    redis.call('HINCRBYFLOAT', KEYS[1], 'b_charged', ARGV[i + 1])
+  end
+end
+local left = redis.call('HGET', KEYS[2], 'b_reserved') or '0'
+if tonumber(left) ~= 0 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'b_reserved', tostring(-tonumber(left)))
+  redis.call('HSET', KEYS[2], 'b_reserved', '0')
+end
+local r = redis.call('HMGET', KEYS[1], 'b_charged', 'b_reserved')
+return { left, r[1] or '0', r[2] or '0' }
+]=]
+
 local run_mt = {}
 run_mt.__index = run_mt
 run_mt.__tostring = function(r) return "enrich.scaleout(" .. r.name .. ")" end
@@ -146,12 +231,16 @@ function _M.open(url, name, opts)
     taken_over = 0,              -- chunks this worker took from another
     resumed_jobs = 0,            -- jobs of another worker this one resumed
     k = { run = P .. ":run", chunks = P .. ":chunks", rows = P .. ":rows", fence = P .. ":fence",
+          settled = P .. ":settled",
           chunk = P .. ":chunk:", owned = P .. ":owned_chunks:" .. s.worker, oprefix = P .. ":owned_chunks:" },
   }, run_mt)
   self.load_script = s.r:script(_M.LOAD)
   self.take_script = s.r:script(redis_store.TAKE)
   self.complete_script = s.r:script(_M.COMPLETE)
   self.take_job_script = s.r:script(_M.TAKE_JOB)
+  self.reserve_script = s.r:script(_M.BUDGET_RESERVE)
+  self.settle_script = s.r:script(_M.BUDGET_SETTLE)
+  self.adopt_script = s.r:script(_M.BUDGET_ADOPT)
   self.renew_timer = { on_timer = function(_, sched) self:_renew(sched) end }
   return self
 end
@@ -315,6 +404,43 @@ function run_mt:revive_all(chunk, clients)
     if job then jobs[#jobs + 1] = job end
   end
   return jobs
+end
+
+--- The run's budget, for a chunk's holder: grants up to `items` at
+--- `price` within `limit` (reserving them). -> granted, 'ok'|'wait'|'none',
+--- charged, reserved | nil, err
+function run_mt:budget_reserve(chunk, limit, price, items)
+  local out, err = self.reserve_script({ self.k.run, self.k.chunk .. chunk.index, self.k.chunks },
+    { tostring(limit), tostring(price), tostring(items), chunk.fence, self.k.chunk })
+  if not out then return nil, err_of(err, "run budget") end
+  return tonumber(out[1]), out[2], tonumber(out[3]), tonumber(out[4])
+end
+
+--- Settles a reservation of a chunk to the real charge of job `uid` (nil:
+--- no job). -> unused, charged, reserved | nil, err
+function run_mt:budget_settle(chunk, reserved, charged, uid)
+  local out, err = self.settle_script({ self.k.run, self.k.chunk .. chunk.index, self.k.settled },
+    { chunk.fence, tostring(reserved), tostring(charged), uid or "" })
+  if not out then return nil, err_of(err, "run budget") end
+  return tonumber(out[1]), tonumber(out[2]), tonumber(out[3])
+end
+
+--- A chunk taken over: charges { [uid] = credits } (jobs of its earlier
+--- holder, each counted once) and gives back the chunk's reservation.
+--- -> released, charged, reserved | nil, err
+function run_mt:budget_adopt(chunk, charges)
+  local args = { chunk.fence }
+  for uid, c in pairs(charges) do args[#args + 1] = uid; args[#args + 1] = tostring(c) end
+  local out, err = self.adopt_script({ self.k.run, self.k.chunk .. chunk.index, self.k.settled }, args)
+  if not out then return nil, err_of(err, "run budget") end
+  return tonumber(out[1]), tonumber(out[2]), tonumber(out[3])
+end
+
+--- -> charged, reserved (the run's budget so far)
+function run_mt:budget_state()
+  local out = self.r:call { "HMGET", self.k.run, "b_charged", "b_reserved" }
+  if not out then return nil end
+  return tonumber(out[1]) or 0, tonumber(out[2]) or 0
 end
 
 --- Writes a chunk's answers ({ [row] = any JSON-able value }, rows of the

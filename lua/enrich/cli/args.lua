@@ -22,7 +22,7 @@ Options of `enrich run`:
   --force               accept a changed input file; keep answers paid for
   --run NAME            with --store redis://…: share this run with every
                         process started with the same NAME (scale-out;
-                        not with --budget: it is not shared yet)
+                        --budget is then the run's, shared by them all)
   --lease S             seconds a worker holds rows it took (default 30)
   --chunk N             people (dedupe groups) a worker takes at a time
                         (default 100)
@@ -116,10 +116,6 @@ function _M.parse(argv)
   if o.run then
     if not (o.store and o.store:match("^redis://")) then return nil, "--run: needs --store redis://HOST:PORT/DB" end
     if not o.run:match("^[%w%._%-]+$") then return nil, "--run: letters, digits, '.', '_' and '-' only" end
-    if o.budget and not o.dry_run then
-      return nil, "--budget is not shared between workers yet: with --run each worker would spend up to N on its own"
-                  .. " (run without --budget, or without --run)"
-    end
   end
   if o.lease then
     lease = tonumber(o.lease)

@@ -2,7 +2,7 @@
 -- documented price per item x its items) is reserved; when the job ends the
 -- reservation is settled to the real charge. A submit starts only if
 -- charged + reserved + its own most stays within the limit.
-local ipairs, floor, huge = ipairs, math.floor, math.huge
+local ipairs, floor, huge, type, setmetatable, error = ipairs, math.floor, math.huge, type, setmetatable, error
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -54,7 +54,23 @@ end
 
 function B:reserve(amount) self.reserved = self.reserved + amount end
 
---- Settles a reservation to what was really charged.
+--- Fit and reserve in one: grants up to `n` items at `price` (reserving
+--- them). When not all fit and something is reserved (it may settle
+--- cheaper), grants nothing: 'wait'; when nothing fits and nothing is
+--- reserved: 'none'. -> granted, 'ok'|'wait'|'none'
+function B:grant(n, price)
+  local k = self:fit(n, price)
+  if k < n and self.reserved > 0 then return 0, "wait" end
+  if k == 0 and n > 0 then return 0, "none" end
+  self:reserve(k * price)
+  return k, "ok"
+end
+
+--- A chunk taken over (scale-out only; nothing to do here).
+function B.adopt() end
+
+--- Settles a reservation to what was really charged (job: the job it was
+--- for, nil if none; the shared budget counts each job once).
 function B:settle(reserved, actual, name)
   self.reserved = self.reserved - reserved
   if self.reserved < 1e-9 then self.reserved = 0 end
@@ -70,6 +86,60 @@ function B:charge(actual, name)
   self.charged = self.charged + actual
   self.earlier = self.earlier + actual
   if name then self.by_provider[name] = (self.by_provider[name] or 0) + actual end
+end
+
+--- The run's budget, shared by every worker of a scale-out run through
+--- Redis (enrich.scaleout): the same methods, for one chunk's holder.
+--- Charged credits are counted in Redis once, when a job's charge settles
+--- (or when the taker of a chunk adopts its dead holder's jobs); answers
+--- met in the cache are never charged again here.
+local S = {}
+S.__index = S
+
+function _M.shared(run, chunk, limit, totals)
+  return setmetatable({ run = run, chunk = chunk, limit = limit, charged = 0, reserved = 0, earlier = 0,
+                        by_provider = totals or {} }, S)
+end
+
+local function must(...)
+  local v, e = ...
+  if v == nil then error(e, 0) end
+  return ...
+end
+
+function S:grant(n, price)
+  if not self.limit then return n, "ok" end
+  local k, why, charged, reserved = self.run:budget_reserve(self.chunk, self.limit, price, n)
+  -- The chunk was taken over: send nothing more for it (its answers will
+  -- be refused; the taker answers it).
+  if not k and type(why) == "table" and why.reason == "lease_lost" then return 0, "none" end
+  must(k, why)
+  self.charged, self.reserved = charged, reserved
+  return k, why
+end
+
+function S:settle(reserved, actual, name, job)
+  if not self.limit then return end
+  local _, charged, res = must(self.run:budget_settle(self.chunk, reserved, actual, job and job.uid))
+  self.charged, self.reserved = charged, res
+  if name then self.by_provider[name] = (self.by_provider[name] or 0) + actual end
+end
+
+--- Answers met in the cache: counted when their job settled, not again.
+function S.charge() end
+
+--- The jobs of a chunk's dead holder, ended here: { [uid] = credits }.
+function S:adopt(charges)
+  if not self.limit then return end
+  local released, charged, res = self.run:budget_adopt(self.chunk, charges)
+  if not released and type(charged) == "table" and charged.reason == "lease_lost" then return end
+  must(released, charged)
+  self.charged, self.reserved = charged, res
+end
+
+function S:room()
+  if not self.limit then return huge end
+  return self.limit - self.charged - self.reserved
 end
 
 function B:room()

@@ -7,9 +7,15 @@
 -- sent again. Once every chunk is answered, every worker still alive writes
 -- the whole run's output to its own --out.
 --
--- --budget is refused with --run (enrich.cli.args): counted here it would
--- be per worker (three workers, --budget 500: up to 1,500 credits), and it
--- is not shared through Redis yet.
+-- --budget is the run's, shared by every worker in Redis
+-- (enrich.cli.budget.shared, enrich.scaleout BUDGET_* scripts): each
+-- submit's worst case is granted atomically on the run's hash (cut to what
+-- fits) and settled to the real charge when its job ends, each job's
+-- charge counted once; answers met in the cache are not charged again. A
+-- reservation belongs to its chunk: the taker of a dead worker's chunk
+-- charges the jobs it brings back and gives back the rest of the chunk's
+-- reservation (which counts against the limit until then, so the run never
+-- spends more than N).
 -- Dedupe is the run's: a chunk is a range of whole dedupe groups (every
 -- worker computes the same groups from the same file), so one person's rows
 -- are always in one chunk, sent once; a group's answer is its rows'
@@ -54,7 +60,7 @@ function _M.run(o, data, recs, _, err, h)
   for name, c in pairs(clients) do
     shared_rate.attach(c, run.store, { key = getenv("ENRICH_" .. name:upper() .. "_API_KEY") })
   end
-  local b = budget.new(o.budget)
+  local totals = {}                         -- credits this worker settled, by provider
   local failure
   enrich.run(function()
     local ok, werr = run:work(function(chunk)
@@ -70,13 +76,17 @@ function _M.run(o, data, recs, _, err, h)
       local groups, _, row_keys = dedupe.group(sub)
       local w = waterfall.new {
         recs = sub, groups = groups, row_keys = row_keys, names = o.providers, kind = o.kind, state = st,
-        budget = b, run_id = st.run, fresh_store = false, clients = clients,
+        budget = budget.shared(run, chunk, o.budget, totals), run_id = st.run, fresh_store = false, clients = clients,
         interrupted = function() return false end,
         on_job = function(job) run:link(chunk, job) end,
       }
       -- Jobs a dead worker sent for these rows: their answers reach the
       -- cache, and the waterfall finds them there (nothing sent again).
-      w:finish_resumed(revived)
+      -- Their charges are counted in the run's budget once, and whatever
+      -- reservation the dead holder left on the chunk is given back (on
+      -- every chunk: a holder may have died between a reserve and its
+      -- job's link, leaving a reservation and no job).
+      w.budget:adopt(w:finish_resumed(revived))
       w:run()
       -- A group's answer: its rows' outcomes, in the group's row order.
       local answers = {}

@@ -139,7 +139,7 @@ function W:finish_job(job, items, name, reserved, stage_is_last)
   local list = self.state:record(job)
   local total = 0
   for _, e in ipairs(list) do total = total + (e.answer.credits or 0) end
-  self.budget:settle(reserved, total, name)
+  self.budget:settle(reserved, total, name, job)
   self.stats.requests = self.stats.requests + (tonumber(job.polls) or 0)
   for i, it in ipairs(items) do
     local e = list[i]
@@ -175,9 +175,12 @@ function W:stage(name, stage_is_last)
   while pos <= #queue do
     if self.interrupted() then return end
     local n = min(batch, #queue - pos + 1)
-    local fit = self.budget:fit(n, price)
-    if inflight >= _M.MAX_INFLIGHT or self:unsent() >= _M.MAX_UNSENT
-       or (fit < n and self.budget.reserved > 0) then
+    local fit, why = 0, "wait"
+    if inflight < _M.MAX_INFLIGHT and self:unsent() < _M.MAX_UNSENT then
+      -- Fit and reserve in one (in scale-out, one Redis script for the run).
+      fit, why = self.budget:grant(n, price)
+    end
+    if why == "wait" then
       -- Wait for room: a slot, or a reservation to settle (it may cost less).
       enrich.sleep(_M.IDLE_SLEEP)
     elseif fit == 0 then
@@ -199,7 +202,6 @@ function W:stage(name, stage_is_last)
       end
       pos = pos + fit
       local reserved = fit * price
-      self.budget:reserve(reserved)
       local job, err = client:submit(inputs, sopts)
       if not job then
         self.budget:settle(reserved, 0, name)
@@ -213,8 +215,11 @@ function W:stage(name, stage_is_last)
         enrich.spawn(function()
           job:wait()
           self.inflight[job] = nil
+          -- Counted out only once its answers are on the groups: settling
+          -- may yield (the shared budget is in Redis).
+          local ok, ferr = pcall(self.finish_job, self, job, items, name, reserved, stage_is_last)
           inflight = inflight - 1
-          self:finish_job(job, items, name, reserved, stage_is_last)
+          if not ok then error(ferr, 0) end
         end)
       end
     end
@@ -227,16 +232,21 @@ end
 
 --- Resumed jobs (after a crash): wait for them; their answers reach the
 --- cache, so the stages find them there and send nothing again.
+--- -> { [uid] = credits } of the jobs ended (for a shared budget's adopt).
 function W:finish_resumed(jobs)
+  local charges = {}
   for _, job in ipairs(jobs) do
     if not self.interrupted() then
       self.inflight = self.inflight or {}
       self.inflight[job] = true
       job:wait()
       self.inflight[job] = nil
-      self.state:record(job)
+      local total = 0
+      for _, e in ipairs(self.state:record(job) or {}) do total = total + (e.answer.credits or 0) end
+      if job.uid then charges[job.uid] = total end
     end
   end
+  return charges
 end
 
 --- The whole waterfall.
