@@ -40,10 +40,7 @@ local _M = { _VERSION = "0.1.0" }
 _M.DEFAULT_CHUNK = 100        -- rows per chunk
 _M.DEFAULT_PARALLEL = 4       -- chunks one worker works on at once
 
-local NOW = [=[
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-]=]
+local NOW = redis_store.NOW    -- Redis's clock in ms, as the store's scripts read it
 
 -- KEYS: run, chunks. ARGV: fingerprint, rows, chunk size, chunk key prefix.
 -- Makes the run once; later calls check the fingerprint.

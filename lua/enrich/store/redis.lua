@@ -46,6 +46,8 @@ _M.TAKE_MAX = 10000               -- jobs one jobs_unfinished() takes at most
 
 -- ---- the scripts ----------------------------------------------------------
 
+-- Redis's own clock in ms (the same for every machine), as the first lines
+-- of a script: here and in enrich.scaleout.
 local NOW = [=[
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -58,6 +60,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- provider id, saved_at, updated_at [, the chunk's fence, the step name].
 -- Returns the fence, 0 when there is nothing to write (a job never
 -- recorded, or terminal already), or an error "LEASE ..." (fenced out).
+_M.NOW = NOW
+
 _M.WRITE = NOW .. [=[
 local mode, worker, fence, lease, uid = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if KEYS[6] and mode == 'intent' then     -- a scale-out run's chunk: linked in the same step
