@@ -12,7 +12,7 @@ local function people(n, extra)
   return table.concat(lines, "\n") .. "\n"
 end
 
-local function count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
+local count = support.count
 
 describe("enrich run resumes", function()
   local sim
@@ -23,11 +23,7 @@ describe("enrich run resumes", function()
     os.execute("rm -f " .. support.path("out") .. "*")
   end)
 
-  local function run(argv, env)
-    local a = { "run", "--poll-interval", "0.05" }
-    for _, x in ipairs(argv) do a[#a + 1] = x end
-    return support.run(sim, a, env)
-  end
+  local function run(argv, env) return support.enrich_run(sim, argv, env) end
 
   local function all_found(path, n)
     local rows = support.csv(path)

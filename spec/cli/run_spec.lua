@@ -10,7 +10,7 @@ local function csv_file(name, header, rows)
   return support.write(name, table.concat(lines, "\n") .. "\n")
 end
 
-local function count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
+local count = support.count
 
 describe("enrich run", function()
   local sim
@@ -21,11 +21,7 @@ describe("enrich run", function()
     os.execute("rm -f " .. support.path("out") .. "*")
   end)
 
-  local function run(argv, env)
-    local a = { "run", "--poll-interval", "0.05" }
-    for _, x in ipairs(argv) do a[#a + 1] = x end
-    return support.run(sim, a, env)
-  end
+  local function run(argv, env) return support.enrich_run(sim, argv, env) end
 
   it("asks provider 2 only about the rows provider 1 did not find", function()
     local input = csv_file("waterfall.csv", "first_name,last_name,domain,lance_id,note", {

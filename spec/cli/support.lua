@@ -41,6 +41,9 @@ end
 
 function support.exists(path) return support.read(path) ~= nil end
 
+--- The number of keys of a table.
+function support.count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
+
 --- Runs bin/enrich with argv and env (a table; keys for every provider and
 --- the simulator's base URLs by default). -> code, stdout, stderr
 function support.run(sim, argv, env)
@@ -62,6 +65,14 @@ function support.run(sim, argv, env)
   local code = tonumber(p:read("*l"))
   p:close()
   return code, support.read(out) or "", support.read(err) or ""
+end
+
+--- `enrich run` with argv after it, polling the simulator 0.05 s apart.
+--- -> code, stdout, stderr (as support.run)
+function support.enrich_run(sim, argv, env)
+  local a = { "run", "--poll-interval", "0.05" }
+  for _, x in ipairs(argv) do a[#a + 1] = x end
+  return support.run(sim, a, env)
 end
 
 --- Parses a CSV output (through the same core parser) into header + rows
